@@ -51,5 +51,6 @@ def load_model(name: str | None = None, device: str = "cpu") -> EmbeddingModel:
 
         return DualEncoderModel.load(path, device=device)
     raise ValueError(
-        f"unknown model {name!r}: use 'default' (zero-shot) or the path of a checkpoint written by `audiofind train`"
+        f"unknown model {name!r}: use 'default' (zero-shot) or the path of a checkpoint "
+        "written by `audiofind train`"
     )

@@ -1,4 +1,4 @@
-"""EfficientAT MobileNetV3 audio tagger (Schmid et al., ICASSP 2023) and the log-mel front end its weights expect.
+"""EfficientAT MobileNetV3 audio tagger (Schmid et al., ICASSP 2023) and the log-mel front end it expects.
 
 Written from the paper and the published state dicts: key names and shapes below match
 `mn04_as_mAP_432.pt` exactly so the file loads strictly.
@@ -21,7 +21,7 @@ HOP_LENGTH = 320
 F_MAX = 15_000.0
 PREEMPHASIS = 0.97
 
-# (input, kernel, expanded, output, squeeze-excite, hard-swish, stride): MobileNetV3-Large before width scaling.
+# (input, kernel, expanded, output, squeeze-excite, hard-swish, stride): MobileNetV3-Large, unscaled
 _BLOCKS = [
     (16, 3, 16, 16, False, False, 1),
     (16, 3, 64, 24, False, False, 2),
@@ -41,7 +41,9 @@ _BLOCKS = [
 ]
 
 # width multiplier of each published AudioSet checkpoint, keyed by the short model name
-WIDTHS = {"mn01": 0.1, "mn02": 0.2, "mn04": 0.4, "mn05": 0.5, "mn10": 1.0, "mn20": 2.0, "mn30": 3.0, "mn40": 4.0}
+WIDTHS = {
+    "mn01": 0.1, "mn02": 0.2, "mn04": 0.4, "mn05": 0.5, "mn10": 1.0, "mn20": 2.0, "mn30": 3.0, "mn40": 4.0,
+}
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -54,7 +56,7 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 def kaldi_mel_banks(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE,
                     f_min: float = 0.0, f_max: float = F_MAX) -> Tensor:
-    """Triangular filters spaced on mel = 1127 ln(1 + f/700), as in Kaldi; shape (n_mels, n_fft // 2 + 1)."""
+    """Kaldi-style triangles on mel = 1127 ln(1 + f/700); shape (n_mels, n_fft // 2 + 1)."""
 
     def mel(f: Tensor | float) -> Tensor:
         return 1127.0 * torch.log1p(torch.as_tensor(f, dtype=torch.float64) / 700.0)
@@ -117,7 +119,7 @@ class SqueezeExcite(nn.Module):
 
 
 class ConcurrentSE(nn.Module):
-    """Wrapper kept for the checkpoint's key layout (`conc_se_layers.0`); only the channel branch is used."""
+    """Keeps the checkpoint's key layout (`conc_se_layers.0`); only the channel branch exists."""
 
     def __init__(self, channels: int, squeezed: int) -> None:
         super().__init__()
@@ -128,7 +130,7 @@ class ConcurrentSE(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV3 bottleneck: expand 1x1, depthwise kxk, optional SE, project 1x1, residual when shapes allow."""
+    """MobileNetV3 bottleneck: expand, depthwise conv, optional SE, project; residual if shapes allow."""
 
     def __init__(self, c_in: int, kernel: int, expanded: int, c_out: int, use_se: bool, hswish: bool,
                  stride: int) -> None:

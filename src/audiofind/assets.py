@@ -1,0 +1,337 @@
+"""Pretrained files the models need: where to look for them, how to check them, and how to fetch them."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.client import HTTPException
+from pathlib import Path
+
+import platformdirs
+from tqdm import tqdm
+
+from audiofind import __version__
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent first downloads just race
+    fcntl = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One downloadable file, with what is needed to check and credit it."""
+
+    name: str  # file name, e.g. "mn04_as_mAP_432.pt"
+    url: str  # official download URL
+    sha256: str | None  # None only where no checksum is known to us; such a file is used unverified
+    licence: str
+    size: int | None = None  # bytes, when known
+
+
+_EFFICIENTAT = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/"
+_MIT = "MIT"
+
+ASSETS: dict[str, Asset] = {
+    a.name: a
+    for a in [
+        Asset(
+            "mn04_as_mAP_432.pt",
+            _EFFICIENTAT + "mn04_as_mAP_432.pt",
+            "899a8c6217063f6941793102a2780b3dd788ab11fce468d9cf5f0577c453321c",
+            _MIT,
+            4_066_513,
+        ),
+        Asset(
+            "class_labels_indices.csv",
+            "http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/class_labels_indices.csv",
+            "cdd1049833c4b86127c2773ac0d14a2754b6a6d0d1798002ed5c66e699708429",
+            "CC BY 4.0 (AudioSet)",
+            14_675,
+        ),
+        Asset(
+            "ontology.json",
+            "https://raw.githubusercontent.com/audioset/ontology/master/ontology.json",
+            "9c685f4403eecc3ca9be37fd7285cf212feaaea6ff7229d3e7ca89e0d1f2d15d",
+            "CC BY-SA 4.0 (AudioSet ontology)",
+            342_780,
+        ),
+        # Other EfficientAT AudioSet widths: same release, but no checksum has been recorded here yet.
+        *(
+            Asset(f, _EFFICIENTAT + f, None, _MIT)
+            for f in (
+                "mn01_as_mAP_298.pt",
+                "mn02_as_mAP_378.pt",
+                "mn05_as_mAP_443.pt",
+                "mn10_as_mAP_471.pt",
+                "mn20_as_mAP_478.pt",
+                "mn30_as_mAP_482.pt",
+                "mn40_as_mAP_484.pt",
+            )
+        ),
+    ]
+}
+
+_TIMEOUT_S = 60
+_CHUNK = 1 << 20
+_RECORDS = "verified.json"  # in the cache dir: path -> size, mtime and sha256 of files already hashed
+
+
+class AssetNotFoundError(FileNotFoundError):
+    """A needed file is missing and could not be downloaded; the message says what to put where."""
+
+
+class AssetChecksumError(ValueError):
+    """A file with an asset's name is not that asset (wrong or damaged download)."""
+
+
+class UnverifiedAssetWarning(UserWarning):
+    """An asset is used although no checksum is known for it."""
+
+
+# ---------------------------------------------------------------- where to look
+
+
+def asset_cache_dir() -> Path:
+    """Where downloads go: $AUDIOFIND_CACHE/assets, else the per-user cache."""
+    root = os.environ.get("AUDIOFIND_CACHE") or platformdirs.user_cache_dir("audiofind")
+    return Path(root).expanduser().absolute() / "assets"
+
+
+def asset_dirs() -> list[Path]:
+    """Folders searched in order: each of $AUDIOFIND_ASSETS (os.pathsep-separated), then the cache."""
+    env = os.environ.get("AUDIOFIND_ASSETS", "")
+    dirs = [Path(p).expanduser().absolute() for p in env.split(os.pathsep) if p.strip()]
+    return [*dirs, asset_cache_dir()]
+
+
+def resolve_asset(name: str, download: bool | None = None) -> Path:
+    """Path to a verified copy of asset `name`, downloading it into the cache when allowed and needed.
+
+    `download=None` allows downloading unless $AUDIOFIND_OFFLINE is set to 1.
+    """
+    asset = ASSETS.get(name)
+    if asset is None:
+        raise ValueError(f"unknown asset {name!r}; known assets: {', '.join(sorted(ASSETS))}")
+    cache = asset_cache_dir()
+    for folder in asset_dirs():
+        path = folder / name
+        if not path.is_file():
+            continue
+        problem = _problem(asset, path)
+        if problem is None:
+            return path
+        if folder != cache:
+            raise AssetChecksumError(
+                f"'{_show(path)}' is not the expected {name}: {problem}. "
+                f"Replace it with the file from {asset.url} or remove it."
+            )
+        path.unlink(missing_ok=True)  # our own copy went bad: fetch it again
+    if download is None and _offline():
+        raise AssetNotFoundError(_instructions(asset, "downloading is switched off (AUDIOFIND_OFFLINE=1)"))
+    if download is False:
+        raise AssetNotFoundError(_instructions(asset, "downloading is switched off (download=False)"))
+    return _download(asset, cache)
+
+
+# ---------------------------------------------------------------- checking
+
+
+def _offline() -> bool:
+    """True when $AUDIOFIND_OFFLINE asks for no network access."""
+    return os.environ.get("AUDIOFIND_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _show(path: Path) -> str:
+    """Printable path, even when the name is not valid UTF-8."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's contents."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _records_path() -> Path:
+    return asset_cache_dir() / _RECORDS
+
+
+def _load_records() -> dict[str, dict]:
+    """Earlier hashing results; a missing or damaged record file just means hashing again."""
+    try:
+        data = json.loads(_records_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _remember(path: Path, digest: str) -> None:
+    """Record a file's hash by (size, mtime) so the next run skips re-hashing; best effort."""
+    st = path.stat()
+    records = _load_records()
+    records[os.fsdecode(path.resolve())] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+    target = _records_path()
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".verified-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(records, f)
+        os.replace(tmp, target)
+    except OSError:  # a read-only cache only costs re-hashing next time
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _digest(path: Path) -> str:
+    """sha256 of a file, taken from the records while its size and mtime are unchanged."""
+    st = path.stat()
+    rec = _load_records().get(os.fsdecode(path.resolve()))
+    if isinstance(rec, dict) and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
+        return str(rec["sha256"])
+    digest = _sha256_file(path)
+    _remember(path, digest)
+    return digest
+
+
+def _problem(asset: Asset, path: Path) -> str | None:
+    """Why `path` is not `asset`, or None when it is (or cannot be checked, with a warning)."""
+    size = path.stat().st_size
+    if asset.size is not None and size != asset.size:
+        return f"it has {size:,} bytes, expected {asset.size:,}"
+    digest = _digest(path)
+    if asset.sha256 is None:
+        warnings.warn(
+            f"'{_show(path)}' is used unverified: no sha256 is known for {asset.name} "
+            f"(this file's sha256 is {digest})",
+            UnverifiedAssetWarning,
+            stacklevel=3,
+        )
+        return None
+    if digest != asset.sha256.lower():
+        return f"its sha256 is {digest}, expected {asset.sha256}"
+    return None
+
+
+def _instructions(asset: Asset, why: str) -> str:
+    """Tell the user exactly which file to put where."""
+    dirs = asset_dirs()
+    check = f"sha256 {asset.sha256}" if asset.sha256 else "no sha256 known"
+    size = f", {asset.size:,} bytes" if asset.size else ""
+    return "\n".join(
+        [
+            f"{asset.name} is needed but was not found, and {why}.",
+            "Searched:",
+            *(f"  {_show(d)}" for d in dirs),
+            f"Download it from {asset.url} ({check}{size}; licence {asset.licence})",
+            f"and put it in {_show(dirs[-1])},",
+            "or in a folder named by the environment variable AUDIOFIND_ASSETS"
+            f" (several folders: separate them with '{os.pathsep}').",
+        ]
+    )
+
+
+# ---------------------------------------------------------------- downloading
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock so two processes do not download the same file into one .part."""
+    if fcntl is None:
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _download(asset: Asset, cache: Path) -> Path:
+    """Fetch into <cache>/<name>.part (resuming it if present), verify, then rename into place."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AssetNotFoundError(_instructions(asset, f"the cache folder cannot be created: {e}")) from e
+    final = cache / asset.name
+    part = cache / (asset.name + ".part")
+    with _locked(cache / (asset.name + ".lock")):
+        if final.is_file() and _problem(asset, final) is None:  # another process just finished it
+            return final
+        try:
+            _fetch(asset, part)
+        except (OSError, HTTPException) as e:  # URLError, HTTPError and timeouts are OSErrors
+            raise AssetNotFoundError(_instructions(asset, f"downloading it failed: {e}")) from e
+        digest = _sha256_file(part)
+        if asset.sha256 is not None and digest != asset.sha256.lower():
+            part.unlink(missing_ok=True)
+            raise AssetChecksumError(
+                f"the download of {asset.name} from {asset.url} is corrupt or has changed upstream: "
+                f"sha256 {digest}, expected {asset.sha256}. The partial file was deleted; try again, "
+                f"or put a good copy in {_show(cache)} or a folder named by AUDIOFIND_ASSETS."
+            )
+        os.replace(part, final)
+        _remember(final, digest)
+    if asset.sha256 is None:
+        _problem(asset, final)  # warns that the file is unverified
+    return final
+
+
+def _fetch(asset: Asset, part: Path) -> None:
+    """Stream `asset.url` into `part`, asking for only the missing bytes when a partial download exists."""
+    offset = part.stat().st_size if part.is_file() else 0
+    if asset.size is not None and offset >= asset.size:
+        if offset == asset.size:
+            return  # complete already: the checksum decides
+        part.unlink()
+        offset = 0
+    headers = {"User-Agent": f"audiofind/{__version__}"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(asset.url, headers=headers), timeout=_TIMEOUT_S)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and offset:  # nothing left to send: the .part is complete; the checksum decides
+            return
+        raise
+    with resp:
+        if offset and resp.status != 206:  # the server ignored the range: start over
+            offset = 0
+        elif offset and not resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+            raise OSError(f"server answered a different range: {resp.headers.get('Content-Range')!r}")
+        length = resp.headers.get("Content-Length")
+        expected = int(length) if length and length.isdigit() else None
+        received = 0
+        with (
+            open(part, "ab" if offset else "wb") as out,
+            tqdm(
+                total=None if expected is None else offset + expected,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=asset.name,
+                disable=None,  # only on a terminal
+                leave=False,
+            ) as bar,
+        ):
+            while chunk := resp.read(_CHUNK):
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    if expected is not None and received != expected:  # http.client does not raise on a short body
+        raise OSError(f"connection closed after {offset + received:,} of {offset + expected:,} bytes")
