@@ -485,3 +485,12 @@ def test_empty_score_file_and_multiline_caption_line_numbers(tmp_path):
     )
     with pytest.raises(ValueError, match=r"multi\.csv: line 4, column 2 \(file 'a\.wav'\): score 'x'"):
         read_score_file(path)
+
+
+def test_score_file_with_pandas_index_header_reads(tmp_path):
+    """The official 2025 baseline writes its table with pandas: first header cell 'index'."""
+    path = tmp_path / "baseline.csv"
+    path.write_text("index,a.wav,b.wav\nsome caption,0.1,0.9\n", encoding="utf-8")
+    captions, files, scores = read_score_file(path)
+    assert captions == ["some caption"] and files == ["a.wav", "b.wav"]
+    assert scores.tolist() == [[0.1, 0.9]]

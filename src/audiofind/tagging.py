@@ -55,20 +55,26 @@ class AudioSetVocabulary:
     def names(self) -> list[str]:
         return [c.name for c in self.classes]
 
-    def texts(self, style: str) -> list[str]:
-        """One sentence per class for the text encoder; `style` is an ablation knob (see BENCHMARKS.md)."""
+    def texts(self, style: str) -> list[list[str]]:
+        """The phrases that stand for each class; `style` is an ablation knob (see BENCHMARKS.md).
+
+        "aliases" splits compound names ("Cattle, bovinae") into separate phrases, so a query only has to
+        match one of them; the other styles give one phrase per class.
+        """
         out = []
         for c in self.classes:
             name = c.name
             parent = c.parents[0] if c.parents else ""
-            if style == "name":
-                out.append(name)
+            if style == "aliases":
+                out.append([a.strip() for a in name.split(",") if a.strip()] or [name])
+            elif style == "name":
+                out.append([name])
             elif style == "sound":
-                out.append(f"the sound of {name.lower()}")
+                out.append([f"the sound of {name.lower()}"])
             elif style == "parent":
-                out.append(f"{name} ({parent})" if parent else name)
+                out.append([f"{name} ({parent})" if parent else name])
             elif style == "description":
-                out.append(f"{name}. {first_sentence(c.description)}")
+                out.append([f"{name}. {first_sentence(c.description)}"])
             else:
                 raise ValueError(f"unknown label text style {style!r}")
         return out

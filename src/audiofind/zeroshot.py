@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
 import numpy as np
 import torch
 
-from .assets import resolve_asset
+from .assets import asset_cache_dir, resolve_asset
 from .audio import SAMPLE_RATE, frame_windows
 from .encoders.efficientat import MobileNetTagger
 from .encoders.text import DEFAULT_TEXT_MODEL, TextEncoder
@@ -30,15 +31,15 @@ DEFAULT_TAGGER = "mn04_as_mAP_432.pt"
 class ZeroShotConfig:
     tagger: str = DEFAULT_TAGGER
     text_model: str = DEFAULT_TEXT_MODEL
-    label_style: str = "name"  # how each class is written for the text encoder
+    label_style: str = "aliases"  # how each class is written for the text encoder
     space: str = "class"  # "class": compare in the 527-d class space; "text": project clips into text space
     window_s: float = 10.0
     hop_s: float = 10.0
     short_clips: str = "natural"  # clips under one window: "natural" length or "pad" with silence to window_s
     pooling: str = "max"  # over a long file's windows: "mean", "max" or "meanmax"
-    audio_power: float = 1.0  # clip vector = probabilities ** power (sharpens or flattens the tag profile)
-    query_temperature: float = 0.05  # softmax temperature over query-class cosine similarities
-    query_top: int = 0  # keep only the top classes of a query (0 = all)
+    audio_power: float = 0.25  # clip vector = probabilities ** power (sharpens or flattens the tag profile)
+    query_temperature: float = 0.1  # softmax temperature over query-class cosine similarities
+    query_top: int = 20  # keep only the top classes of a query (0 = all)
 
     @property
     def model_id(self) -> str:
@@ -81,8 +82,40 @@ class ZeroShotModel:
         return TextEncoder(self.config.text_model).to(self.device)
 
     @cached_property
+    def phrase_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every class phrase embedded, with each class's first row; cached on disk across runs."""
+        phrases = self.vocab.texts(self.config.label_style)
+        starts = np.cumsum([0] + [len(p) for p in phrases[:-1]])
+        flat = [t for p in phrases for t in p]
+        key = hashlib.sha1(json.dumps([self.config.text_model, flat]).encode()).hexdigest()[:16]
+        path = asset_cache_dir().parent / "label-vectors" / f"{key}.npy"
+        try:
+            vectors = np.load(path)
+            if vectors.shape[0] == len(flat):
+                return vectors, starts
+        except (OSError, ValueError):
+            pass
+        vectors = self.text_encoder.encode(flat)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, vectors)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only cache only costs recomputation
+        return vectors, starts
+
+    def class_similarities(self, text_vectors: np.ndarray) -> np.ndarray:
+        """Cosine between each text and each class: the best-matching phrase of the class."""
+        vectors, starts = self.phrase_vectors
+        return np.maximum.reduceat(text_vectors @ vectors.T, starts, axis=1)
+
+    @cached_property
     def class_text_vectors(self) -> np.ndarray:
-        return self.text_encoder.encode(self.vocab.texts(self.config.label_style))
+        """One text-space vector per class (mean of its phrases), for the "text" space."""
+        vectors, starts = self.phrase_vectors
+        return _normalise(np.add.reduceat(vectors, starts, axis=0))
 
     @torch.inference_mode()
     def tag_probabilities(self, waves: list[np.ndarray], batch_size: int = 32) -> list[np.ndarray]:
@@ -125,7 +158,7 @@ class ZeroShotModel:
         """Turn sentence vectors into search vectors: a soft class assignment in the class space."""
         if self.config.space == "text":
             return _normalise(text_vectors)
-        sims = text_vectors @ self.class_text_vectors.T / self.config.query_temperature
+        sims = self.class_similarities(text_vectors) / self.config.query_temperature
         if self.config.query_top:
             cutoff = -np.sort(-sims, axis=1)[:, self.config.query_top - 1: self.config.query_top]
             sims = np.where(sims >= cutoff, sims, -np.inf)
