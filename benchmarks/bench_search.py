@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("bench-out/search"))
     ap.add_argument("--sizes", default="1000,10000,100000,1000000")
     ap.add_argument("--nprobe", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=1, help="FAISS threads per query (1 = one core per search)")
+    ap.add_argument("--threads", type=int, default=1, help="FAISS threads (1 = one core per search)")
     args = ap.parse_args()
     faiss.omp_set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -116,7 +116,8 @@ def main() -> None:
         print(f"done n={n}", file=sys.stderr)
 
     dim = seeds.shape[1]
-    print(f"{len(queries)} real queries, one at a time, k=10, {dim}-d vectors, FAISS threads={args.threads}\n")
+    print(f"{len(queries)} real queries, one at a time, k=10, {dim}-d vectors, "
+          f"FAISS threads={args.threads}\n")
     print("| clips | index | build s | p50 ms | p99 ms | recall@10 vs exact |")
     print("|---:|---|---:|---:|---:|---:|")
     for n, kind, build, lat, rec in rows:
