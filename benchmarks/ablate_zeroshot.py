@@ -42,7 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sfx", type=Path, default=Path("../shared/data/sfx-dev"))
     ap.add_argument("--work", type=Path, default=Path("bench-out/ablation"))
-    ap.add_argument("--windows", default="natural-10s,pad-10s,natural-10s-hop5",
+    ap.add_argument("--windows", default="pad-1s,exact-length,pad-2s,pad-10s,pad-1s-hop5",
                     help="comma-separated window settings to compare")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -54,9 +54,11 @@ def main() -> None:
     query_text = base.text_encoder.encode(queries)
     rows = []
     settings = {
-        "natural-10s": dict(short_clips="natural", window_s=10.0, hop_s=10.0),
-        "pad-10s": dict(short_clips="pad", window_s=10.0, hop_s=10.0),
-        "natural-10s-hop5": dict(short_clips="natural", window_s=10.0, hop_s=5.0),
+        "pad-1s": dict(pad_to_s=1.0, window_s=10.0, hop_s=10.0),
+        "exact-length": dict(pad_to_s=1 / 32_000, window_s=10.0, hop_s=10.0),
+        "pad-2s": dict(pad_to_s=2.0, window_s=10.0, hop_s=10.0),
+        "pad-10s": dict(pad_to_s=10.0, window_s=10.0, hop_s=10.0),
+        "pad-1s-hop5": dict(pad_to_s=1.0, window_s=10.0, hop_s=5.0),
     }
     for name in args.windows.split(","):
         window = settings[name]
@@ -73,7 +75,7 @@ def main() -> None:
         for style, space, pooling, power, temp, top in grid:
             if space == "text" and (temp != 0.05 or top):
                 continue  # query-side knobs only exist in the class space
-            if name != "natural-10s" and (style, space) != ("aliases", "class"):
+            if name != "pad-1s" and (style, space) != ("aliases", "class"):
                 continue  # window settings are compared on one bridge
             cfg = ZeroShotConfig(**window, label_style=style, space=space, pooling=pooling, audio_power=power,
                                  query_temperature=temp, query_top=top)
@@ -95,7 +97,7 @@ def main() -> None:
               f"{m['R@1']:.3f} | {m['R@5']:.3f} | {m['R@10']:.3f} | {m['mAP@10']:.3f} |")
     default = ZeroShotConfig()
     for _, name, cfg, m in rows:
-        if name == "natural-10s" and cfg == default:
+        if name == "pad-1s" and cfg == default:
             print(f"\ncurrent default: rank {[r[2] for r in rows].index(cfg) + 1}, mAP@10 {m['mAP@10']:.3f}")
     print(f"\ncommand: python {' '.join(sys.argv)}")
 

@@ -158,3 +158,22 @@ def test_model_ids_distinguish_configurations(zero_shot):
     assert ZeroShotConfig(pooling="mean").model_id != ZeroShotConfig().model_id
     with pytest.raises(ValueError, match="unknown model"):
         load_model("no-such-model")
+
+
+def test_folded_batchnorm_gives_the_same_outputs(tagger):
+    folded = MobileNetTagger.from_checkpoint(str(resolve_asset("mn04_as_mAP_432.pt"))).fold_batchnorm()
+    wave = torch.from_numpy(np.random.default_rng(2).standard_normal((2, 3 * SR)).astype(np.float32) * 0.1)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(wave).logits, tagger(wave).logits, atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+
+
+def test_padding_a_short_clip_to_whole_seconds_barely_changes_its_tags(tagger, sfx_dir):
+    wave, _ = load_audio(sfx_dir / "0ad/audio/actor/fauna/animal/cattle_05.ogg")
+    alone = torch.from_numpy(wave)[None]
+    padded = torch.nn.functional.pad(alone, (0, SR - len(wave) % SR))
+    with torch.inference_mode():
+        ref = torch.sigmoid(tagger(alone).logits)
+        batched = torch.sigmoid(tagger(padded).logits)
+    assert (batched - ref).abs().max() < 0.08
+    assert ref.argmax() == batched.argmax()

@@ -35,7 +35,7 @@ class ZeroShotConfig:
     space: str = "class"  # "class": compare in the 527-d class space; "text": project clips into text space
     window_s: float = 10.0
     hop_s: float = 10.0
-    short_clips: str = "natural"  # clips under one window: "natural" length or "pad" with silence to window_s
+    pad_to_s: float = 1.0  # shorter windows are padded with silence to a multiple of this (10 = full window)
     pooling: str = "max"  # over a long file's windows: "mean", "max" or "meanmax"
     audio_power: float = 0.25  # clip vector = probabilities ** power (sharpens or flattens the tag profile)
     query_temperature: float = 0.1  # softmax temperature over query-class cosine similarities
@@ -70,7 +70,8 @@ class ZeroShotModel:
     def __init__(self, config: ZeroShotConfig | None = None, device: str = "cpu") -> None:
         self.config = config or ZeroShotConfig()
         self.device = torch.device(device)
-        self.tagger = MobileNetTagger.from_checkpoint(str(resolve_asset(self.config.tagger))).to(self.device)
+        tagger = MobileNetTagger.from_checkpoint(str(resolve_asset(self.config.tagger)))
+        self.tagger = tagger.fold_batchnorm().to(self.device)
         self.vocab = AudioSetVocabulary.default()
         self.model_id = self.config.model_id
         self.source = "default" if self.config == ZeroShotConfig() else self.model_id
@@ -119,24 +120,29 @@ class ZeroShotModel:
 
     @torch.inference_mode()
     def tag_probabilities(self, waves: list[np.ndarray], batch_size: int = 32) -> list[np.ndarray]:
-        """Per file, (windows, classes) sigmoid probabilities; equal-length windows share a forward pass."""
+        """Per file, (windows, classes) sigmoid probabilities.
+
+        Windows are sorted by length and padded with silence to the next multiple of `pad_to_s`, so
+        clips of similar length share a forward pass (the ablation found this no worse than exact lengths).
+        """
         cfg = self.config
         windows = [frame_windows(w, SAMPLE_RATE, cfg.window_s, cfg.hop_s) for w in waves]
-        if cfg.short_clips == "pad":
-            full = int(round(cfg.window_s * SAMPLE_RATE))
-            windows = [np.pad(ws, ((0, 0), (0, full - ws.shape[1]))) for ws in windows]
-        flat = [(i, j, win) for i, ws in enumerate(windows) for j, win in enumerate(ws)]
+        step = int(round(cfg.pad_to_s * SAMPLE_RATE))
+        flat = sorted(((i, j, win) for i, ws in enumerate(windows) for j, win in enumerate(ws)),
+                      key=lambda t: len(t[2]))
         out = [np.zeros((len(ws), len(self.vocab)), np.float32) for ws in windows]
-        flat.sort(key=lambda t: len(t[2]))
         start = 0
         while start < len(flat):
-            length = len(flat[start][2])
+            padded = max(-(-len(flat[start][2]) // step) * step, len(flat[start][2]))
             stop = start
-            while stop < len(flat) and stop - start < batch_size and len(flat[stop][2]) == length:
+            while stop < len(flat) and stop - start < batch_size and len(flat[stop][2]) <= padded:
                 stop += 1
-            batch = torch.from_numpy(np.stack([t[2] for t in flat[start:stop]])).to(self.device)
-            probs = torch.sigmoid(self.tagger(batch).logits).float().cpu().numpy()
-            for (i, j, _), p in zip(flat[start:stop], probs):
+            group = flat[start:stop]
+            batch = np.zeros((len(group), padded), np.float32)
+            for row, (_, _, win) in enumerate(group):
+                batch[row, :len(win)] = win
+            logits = self.tagger(torch.from_numpy(batch).to(self.device)).logits
+            for (i, j, _), p in zip(group, torch.sigmoid(logits).float().cpu().numpy()):
                 out[i][j] = p
             start = stop
         return out
