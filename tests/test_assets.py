@@ -5,15 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import threading
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import platformdirs
 import pytest
+from http_fixtures import RangeServer, serve
 
 from audiofind import assets
 from audiofind.assets import (
@@ -46,57 +44,10 @@ def env(tmp_path, monkeypatch) -> Path:
 # ---------------------------------------------------------------- a local server with Range support
 
 
-@dataclass
-class Server:
-    url: str
-    files: dict[str, bytes] = field(default_factory=dict)
-    requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
-    honour_range: bool = True
-    cut_after: int | None = None  # send only this many body bytes, then hang up
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        srv: Server = self.server.state  # type: ignore[attr-defined]
-        rng = self.headers.get("Range")
-        srv.requests.append((self.path, rng))
-        data = srv.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        start = 0
-        match = re.fullmatch(r"bytes=(\d+)-", rng or "")
-        if match and srv.honour_range:
-            start = int(match[1])
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body if srv.cut_after is None else body[: srv.cut_after])
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def server() -> Iterator[Server]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    state = Server(url=f"http://127.0.0.1:{httpd.server_address[1]}")
-    httpd.state = state  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+def server() -> Iterator[RangeServer]:
+    with serve(RangeServer()) as state:
+        yield state
 
 
 @pytest.fixture
@@ -155,8 +106,8 @@ def test_searches_every_folder_in_the_variable(assets_dir, env, tmp_path, monkey
 def test_verification_is_cached_by_size_and_mtime(assets_dir, env, monkeypatch):
     monkeypatch.setenv("AUDIOFIND_ASSETS", str(assets_dir))
     hashed: list[Path] = []
-    real = assets._sha256_file
-    monkeypatch.setattr(assets, "_sha256_file", lambda p: hashed.append(p) or real(p))
+    real = assets.file_digest
+    monkeypatch.setattr(assets, "file_digest", lambda p, *a: hashed.append(p) or real(p, *a))
     name = "class_labels_indices.csv"
     resolve_asset(name, download=False)
     assert hashed == [assets_dir / name]
@@ -275,12 +226,11 @@ def test_complete_part_of_known_size_needs_no_request(env, served, server):
 
 
 def test_interrupted_download_is_atomic_and_resumable(env, served, server):
-    server.cut_after = 400_000
+    server.cut["/test.bin"] = 400_000  # once
     with pytest.raises(AssetNotFoundError, match="connection closed after 400,000 of 1,024,000 bytes"):
         resolve_asset("test.bin")
     assert not (env / "test.bin").exists()  # never a half file under the real name
     assert (env / "test.bin.part").read_bytes() == PAYLOAD[:400_000]
-    server.cut_after = None
     assert resolve_asset("test.bin").read_bytes() == PAYLOAD
     assert server.requests[-1] == ("/test.bin", "bytes=400000-")
 

@@ -6,17 +6,15 @@ import csv
 import hashlib
 import html
 import re
-import threading
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import typer
 from clotho_fixtures import ClothoTree, make_clotho_archives, make_clotho_tree, multi_positive_subset
+from http_fixtures import RangeServer, serve
 from typer.testing import CliRunner
 
 from audiofind import data
@@ -45,66 +43,26 @@ _FILES = "/records/1/files"  # where the loopback server keeps the release
 
 
 @dataclass
-class FakeZenodo:
-    """What the loopback server serves and what it was asked for."""
+class FakeZenodo(RangeServer):
+    """The loopback server as a Zenodo record: `files` by name under _FILES; requests and cuts by name."""
 
-    files: dict[str, bytes]
-    url: str = ""
     wrong: dict[str, bytes] = field(default_factory=dict)  # name -> bytes served instead of the real ones
-    cut: dict[str, int] = field(default_factory=dict)  # name -> bytes sent before hanging up (once)
-    ignore_range: bool = False
-    requests: list[tuple[str, str | None]] = field(default_factory=list)  # (name, Range header)
+
+    def key(self, path: str) -> str:
+        return path.rpartition("/")[2]
+
+    def body(self, path: str) -> bytes | None:
+        folder, _, name = path.rpartition("/")
+        return self.wrong.get(name, self.files.get(name)) if folder == _FILES else None
 
     def reset(self) -> None:
         self.wrong.clear()
         self.cut.clear()
-        self.ignore_range = False
+        self.honour_range = True
         self.requests.clear()
 
     def asked(self, name: str) -> list[str | None]:
         return [r for n, r in self.requests if n == name]
-
-
-def _handler(state: FakeZenodo) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:  # keep test output quiet
-            pass
-
-        def do_GET(self) -> None:
-            folder, _, name = urllib.parse.urlparse(self.path).path.rpartition("/")
-            name = urllib.parse.unquote(name)
-            rng = self.headers.get("Range")
-            state.requests.append((name, rng))
-            body = state.wrong.get(name, state.files.get(name)) if folder == _FILES else None
-            if body is None:
-                self.send_error(404)
-                return
-            start, status = 0, 200
-            if rng and not state.ignore_range:
-                m = re.fullmatch(r"bytes=(\d+)-", rng)
-                assert m, rng
-                start, status = int(m.group(1)), 206
-                if start >= len(body):
-                    self.send_response(416)
-                    self.send_header("Content-Range", f"bytes */{len(body)}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-            chunk = body[start:]
-            self.send_response(status)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(chunk)))
-            if status == 206:
-                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-            self.end_headers()
-            if name in state.cut:
-                self.wfile.write(chunk[: state.cut.pop(name)])
-                self.wfile.flush()
-                self.close_connection = True
-                return
-            self.wfile.write(chunk)
-
-    return Handler
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +76,8 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> tuple[ClothoTree, dict[
 
 @pytest.fixture(scope="module")
 def _server(release: tuple[ClothoTree, dict[str, bytes]]) -> Iterator[FakeZenodo]:
-    state = FakeZenodo(files=release[1])
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}{_FILES}"
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serve(FakeZenodo(files=release[1]), prefix=_FILES) as state:
+        yield state
 
 
 @pytest.fixture
@@ -245,7 +197,7 @@ def test_broken_connection_is_retried_within_one_call(zenodo: FakeZenodo, tmp_pa
 def test_server_ignoring_range_restarts_cleanly(zenodo: FakeZenodo, tmp_path: Path) -> None:
     name = "clotho_audio_validation.7z"
     zenodo.cut[name] = 777
-    zenodo.ignore_range = True
+    zenodo.honour_range = False
     download_clotho(tmp_path, ["validation"], zenodo.url, progress=False, retries=1)
     assert zenodo.asked(name) == [None, "bytes=777-"]  # asked for a range, got the whole file, started over
     assert len(load_clotho(tmp_path, "validation")) == 2

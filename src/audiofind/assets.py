@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,9 +13,8 @@ from http.client import HTTPException
 from pathlib import Path
 
 import platformdirs
-from tqdm import tqdm
 
-from audiofind import __version__
+from audiofind.download import fetch_resumable, file_digest, offline
 
 try:
     import fcntl
@@ -80,8 +76,6 @@ ASSETS: dict[str, Asset] = {
     ]
 }
 
-_TIMEOUT_S = 60
-_CHUNK = 1 << 20
 _RECORDS = "verified.json"  # in the cache dir: path -> size, mtime and sha256 of files already hashed
 
 
@@ -135,7 +129,7 @@ def resolve_asset(name: str, download: bool | None = None) -> Path:
                 f"Replace it with the file from {asset.url} or remove it."
             )
         path.unlink(missing_ok=True)  # our own copy went bad: fetch it again
-    if download is None and _offline():
+    if download is None and offline():
         raise AssetNotFoundError(_instructions(asset, "downloading is switched off (AUDIOFIND_OFFLINE=1)"))
     if download is False:
         raise AssetNotFoundError(_instructions(asset, "downloading is switched off (download=False)"))
@@ -145,23 +139,9 @@ def resolve_asset(name: str, download: bool | None = None) -> Path:
 # ---------------------------------------------------------------- checking
 
 
-def _offline() -> bool:
-    """True when $AUDIOFIND_OFFLINE asks for no network access."""
-    return os.environ.get("AUDIOFIND_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def _show(path: Path) -> str:
     """Printable path, even when the name is not valid UTF-8."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def _sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's contents."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _records_path() -> Path:
@@ -202,7 +182,7 @@ def _digest(path: Path) -> str:
     rec = _load_records().get(os.fsdecode(path.resolve()))
     if isinstance(rec, dict) and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
         return str(rec["sha256"])
-    digest = _sha256_file(path)
+    digest = file_digest(path)
     _remember(path, digest)
     return digest
 
@@ -273,10 +253,10 @@ def _download(asset: Asset, cache: Path) -> Path:
         if final.is_file() and _problem(asset, final) is None:  # another process just finished it
             return final
         try:
-            _fetch(asset, part)
+            fetch_resumable(asset.url, part, expected_size=asset.size, desc=asset.name)
         except (OSError, HTTPException) as e:  # URLError, HTTPError and timeouts are OSErrors
             raise AssetNotFoundError(_instructions(asset, f"downloading it failed: {e}")) from e
-        digest = _sha256_file(part)
+        digest = file_digest(part)
         if asset.sha256 is not None and digest != asset.sha256.lower():
             part.unlink(missing_ok=True)
             raise AssetChecksumError(
@@ -289,49 +269,3 @@ def _download(asset: Asset, cache: Path) -> Path:
     if asset.sha256 is None:
         _problem(asset, final)  # warns that the file is unverified
     return final
-
-
-def _fetch(asset: Asset, part: Path) -> None:
-    """Stream `asset.url` into `part`, asking for only the missing bytes when a partial download exists."""
-    offset = part.stat().st_size if part.is_file() else 0
-    if asset.size is not None and offset >= asset.size:
-        if offset == asset.size:
-            return  # complete already: the checksum decides
-        part.unlink()
-        offset = 0
-    headers = {"User-Agent": f"audiofind/{__version__}"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    try:
-        resp = urllib.request.urlopen(urllib.request.Request(asset.url, headers=headers), timeout=_TIMEOUT_S)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and offset:  # nothing left to send: the .part is complete; the checksum decides
-            return
-        raise
-    with resp:
-        if offset and resp.status != 206:  # the server ignored the range: start over
-            offset = 0
-        elif offset and not resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
-            raise OSError(f"server answered a different range: {resp.headers.get('Content-Range')!r}")
-        length = resp.headers.get("Content-Length")
-        expected = int(length) if length and length.isdigit() else None
-        received = 0
-        with (
-            open(part, "ab" if offset else "wb") as out,
-            tqdm(
-                total=None if expected is None else offset + expected,
-                initial=offset,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=asset.name,
-                disable=None,  # only on a terminal
-                leave=False,
-            ) as bar,
-        ):
-            while chunk := resp.read(_CHUNK):
-                out.write(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-    if expected is not None and received != expected:  # http.client does not raise on a short body
-        raise OSError(f"connection closed after {offset + received:,} of {offset + expected:,} bytes")

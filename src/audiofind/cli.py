@@ -95,6 +95,14 @@ def print_results(results: list[SearchResult]) -> None:
         typer.echo(f"{rank:>4}  {r.score:>6.3f}  {r.duration:>7.2f}  {tags_col:<40}  {r.display_path}")
 
 
+def _show_results(results: list[SearchResult], json_out: bool) -> None:
+    """One query's results: a JSON list with --json, else the table."""
+    if json_out:
+        _print_json([r.to_dict() for r in results])
+    else:
+        print_results(results)
+
+
 def _summary(report: UpdateReport, stats: dict[str, Any]) -> str:
     r = report
     lines = [
@@ -159,11 +167,7 @@ def search(
             texts = _read_queries(queries)
         with Library.open(index) as lib:
             if query is not None:
-                results = lib.search(query, top_k, **filters)
-                if json_out:
-                    _print_json([r.to_dict() for r in results])
-                else:
-                    print_results(results)
+                _show_results(lib.search(query, top_k, **filters), json_out)
                 return
             for start in range(0, len(texts), QUERY_BATCH):
                 batch = texts[start:start + QUERY_BATCH]
@@ -200,10 +204,7 @@ def similar(
         raise fail(f"no such file: {display_path(file)}", 2)
     with errors(), Library.open(index) as lib:
         results = lib.similar(file, top_k, **_filters(min_duration, max_duration, path_prefix))
-    if json_out:
-        _print_json([r.to_dict() for r in results])
-    else:
-        print_results(results)
+    _show_results(results, json_out)
 
 
 @app.command()

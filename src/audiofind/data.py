@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import hashlib
 import html
 import io
 import json
@@ -17,7 +16,6 @@ import time
 import unicodedata
 import urllib.error
 import urllib.parse
-import urllib.request
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from typing import Any
 from tqdm import tqdm
 
 from audiofind import __version__
+from audiofind.download import fetch_resumable, file_digest, offline
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +37,6 @@ MARKER_NAME = ".audiofind-complete.json"  # written into <root>/<split>/ once th
 
 _CAPTION_COLUMNS = tuple(f"caption_{i}" for i in range(1, 6))
 _META_COLUMNS = ("keywords", "sound_id", "sound_link", "start_end_samples", "manufacturer", "license")
-_CHUNK = 1 << 20  # bytes read per step while downloading or hashing
-_TIMEOUT_S = 60.0
 _RETRY_DELAY_S = 2.0  # first pause before resuming a broken download; doubles per retry (tests set 0)
 _SHOW_MISSING = 5  # missing names quoted in an error message
 
@@ -153,20 +150,6 @@ def parse_splits(splits: Iterable[str] | str) -> tuple[str, ...]:
 # ---------------------------------------------------------------- downloading
 
 
-def _md5(path: Path) -> str:
-    """Hex md5 of a file's contents."""
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        while block := fh.read(_CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _offline() -> bool:
-    """True when $AUDIOFIND_OFFLINE asks for no network access."""
-    return os.environ.get("AUDIOFIND_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def _url(remote: RemoteFile, base_url: str | None) -> str:
     """The file's official URL, or the same name under a mirror's prefix."""
     if base_url is None:
@@ -187,57 +170,6 @@ def _check_space(folder: Path, remote: RemoteFile, have: int) -> None:
         )
 
 
-def _stream(url: str, part: Path, remote: RemoteFile, progress: bool) -> None:
-    """Append the missing bytes of `url` to `part`, asking the server for a range when part of it is there."""
-    offset = part.stat().st_size if part.is_file() else 0
-    if remote.size is not None and offset >= remote.size:
-        if offset == remote.size:
-            return  # complete already; the checksum decides
-        part.unlink()
-        offset = 0
-    headers = {"User-Agent": f"audiofind/{__version__}"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=_TIMEOUT_S)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and offset:  # nothing left to send: the .part is whole; the checksum decides
-            return
-        raise
-    with resp:
-        if offset and resp.status != 206:
-            log.info("%s: the server ignored the range request; starting over", remote.name)
-            offset = 0
-        elif offset and not resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
-            part.unlink()  # cannot tell what we hold: the next try starts over
-            raise DownloadError(
-                f"{url}: asked for bytes {offset}- but the server sent {resp.headers.get('Content-Range')!r}"
-            )
-        length = resp.headers.get("Content-Length")
-        expected = int(length) if length and length.isdigit() else None
-        total = offset + expected if expected is not None else remote.size
-        received = 0
-        with (
-            open(part, "ab" if offset else "wb") as out,
-            tqdm(
-                total=total,
-                initial=offset,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=remote.name,
-                disable=not progress,
-                leave=False,
-            ) as bar,
-        ):
-            while block := resp.read(_CHUNK):
-                out.write(block)
-                received += len(block)
-                bar.update(len(block))
-        if expected is not None and received < expected:
-            raise DownloadError(f"{url}: connection closed after {received} of {expected} bytes")
-
-
 def _permanent(e: BaseException) -> bool:
     """HTTP answers that retrying will not change (404, 403...)."""
     return isinstance(e, urllib.error.HTTPError) and 400 <= e.code < 500 and e.code not in (408, 429)
@@ -250,7 +182,7 @@ def fetch_file(
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / remote.name
     if final.is_file():
-        if _md5(final) == remote.md5.lower():
+        if file_digest(final, "md5") == remote.md5.lower():
             return final
         log.warning("%s: md5 does not match the release; downloading it again", final)
         final.unlink()
@@ -259,9 +191,9 @@ def fetch_file(
     _check_space(folder, remote, part.stat().st_size if part.is_file() else 0)
     for attempt in range(retries + 1):
         try:
-            _stream(url, part, remote, progress)
+            fetch_resumable(url, part, expected_size=remote.size, desc=remote.name, progress=progress)
             break
-        except (OSError, HTTPException) as e:  # URLError, HTTPError, timeouts and DownloadError are OSErrors
+        except (OSError, HTTPException) as e:  # URLError, HTTPError and timeouts are OSErrors
             have = part.stat().st_size if part.is_file() else 0
             if attempt == retries or _permanent(e):
                 kept = f"; the {have} bytes received are kept in {part}, run again to resume" if have else ""
@@ -275,7 +207,7 @@ def fetch_file(
             f"{remote.name} from {url} has {size} bytes, expected {remote.size}; the download was deleted, "
             "run again to fetch it afresh"
         )
-    actual = _md5(part)
+    actual = file_digest(part, "md5")
     if actual != remote.md5.lower():
         part.unlink()
         raise ChecksumError(
@@ -471,7 +403,7 @@ def download_clotho(
     """Fetch, check and unpack Clotho v2.1 into `root` in the official layout; skips what is already there."""
     root = Path(root).expanduser()
     splits = parse_splits(splits)
-    if base_url is None and _offline():
+    if base_url is None and offline():
         raise DownloadError("AUDIOFIND_OFFLINE is set: not downloading Clotho from zenodo.org")
     root.mkdir(parents=True, exist_ok=True)
     for split in splits:
