@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--sfx", type=Path, default=Path("../shared/data/sfx-dev"))
     ap.add_argument("--work", type=Path, default=Path("bench-out/search"))
     ap.add_argument("--sizes", default="1000,10000,100000,1000000")
-    ap.add_argument("--nprobe", type=int, default=16)
+    ap.add_argument("--nprobe", default="8,16,32", help="comma-separated IVF nprobe values to compare")
     ap.add_argument("--threads", type=int, default=1, help="FAISS threads (1 = one core per search)")
     args = ap.parse_args()
     faiss.omp_set_num_threads(args.threads)
@@ -106,12 +106,13 @@ def main() -> None:
         del flat
         t0 = time.perf_counter()
         nlist = max(16, min(4096, int(np.sqrt(n))))
-        ivf = build_faiss_index(vectors, ids, "ivf", nlist=nlist, nprobe=args.nprobe)
+        ivf = build_faiss_index(vectors, ids, "ivf", nlist=nlist)
         ivf_build = time.perf_counter() - t0
-        lat = latencies_ms(ivf, qvecs, 10, 3)
-        _, approx_ids = search_faiss(ivf, qvecs, 10)
-        rows.append((n, f"IVF{nlist},Flat nprobe={args.nprobe}", ivf_build, lat,
-                     recall_at_k(exact_ids, approx_ids)))
+        for nprobe in [int(p) for p in args.nprobe.split(",")]:
+            lat = latencies_ms(ivf, qvecs, 10, 3, nprobe=nprobe)
+            _, approx_ids = search_faiss(ivf, qvecs, 10, nprobe=nprobe)
+            rows.append((n, f"IVF{nlist},Flat nprobe={nprobe}", ivf_build, lat,
+                         recall_at_k(exact_ids, approx_ids)))
         del ivf, vectors
         print(f"done n={n}", file=sys.stderr)
 
