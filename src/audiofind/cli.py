@@ -248,6 +248,22 @@ def info(index: IndexOpt = None, json_out: JsonOpt = False) -> None:
             typer.echo(f"{key:<{width}}  {value}")
 
 
+def _register_subcommands() -> None:
+    """The research and serving commands live in their own modules, each importing its heavy deps lazily."""
+    from .cli_data import data_app
+    from .cli_eval import register as register_eval
+    from .cli_serve import register as register_serve
+    from .cli_train import register as register_train
+
+    app.add_typer(data_app, name="data")
+    register_eval(app)
+    register_train(app)
+    register_serve(app)
+
+
+_register_subcommands()
+
+
 def main() -> None:
     """Console entry point (the same as `app()`)."""
     app(prog_name="audiofind")

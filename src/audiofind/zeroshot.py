@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -25,6 +26,9 @@ from .model import AudioEmbeddings
 from .tagging import AudioSetVocabulary
 
 DEFAULT_TAGGER = "mn04_as_mAP_432.pt"
+BULK_SAMPLES = 30 * SAMPLE_RATE  # audio in one call beyond which freezing the tagger pays off
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,19 @@ class ZeroShotModel:
         self.device = torch.device(device)
         tagger = MobileNetTagger.from_checkpoint(str(resolve_asset(self.config.tagger)))
         self.tagger = tagger.fold_batchnorm().to(self.device)
+        self._frozen = False
         self.vocab = AudioSetVocabulary.default()
         self.model_id = self.config.model_id
         self.source = "default" if self.config == ZeroShotConfig() else self.model_id
         self.dim = len(self.vocab) if self.config.space == "class" else self.text_encoder.dim
+
+    def _freeze_tagger(self) -> None:
+        """Bulk embedding pays for a TorchScript graph of the tagger; a failure only costs speed."""
+        self._frozen = True
+        try:
+            self.tagger.freeze_for_inference()
+        except (RuntimeError, torch.jit.Error) as err:  # pragma: no cover - depends on the torch build
+            log.warning("running the tagger eagerly: TorchScript freezing failed: %s", err)
 
     @cached_property
     def text_encoder(self) -> TextEncoder:
@@ -141,6 +154,8 @@ class ZeroShotModel:
             batch = np.zeros((len(group), padded), np.float32)
             for row, (_, _, win) in enumerate(group):
                 batch[row, :len(win)] = win
+            if not self._frozen and len(flat) * padded >= BULK_SAMPLES:
+                self._freeze_tagger()
             logits = self.tagger(torch.from_numpy(batch).to(self.device)).logits
             for (i, j, _), p in zip(group, torch.sigmoid(logits).float().cpu().numpy()):
                 out[i][j] = p

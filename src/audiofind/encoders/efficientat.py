@@ -190,6 +190,17 @@ class MobileNetTagger(nn.Module):
     def forward(self, wave: Tensor) -> TaggerOutput:
         return self.forward_features(self.front_end(wave))
 
+    def freeze_for_inference(self) -> MobileNetTagger:
+        """Swap the conv stack for a frozen TorchScript graph (oneDNN-fused on CPU: about twice as fast).
+
+        Costs ~2 s once, so callers do it before bulk work only; inference-only, any input length.
+        """
+        example = torch.zeros(1, 1, N_MELS, 101, device=next(self.parameters()).device)
+        with torch.no_grad():
+            traced = torch.jit.trace(self.features.eval(), example)
+            self.features = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+        return self
+
     def fold_batchnorm(self) -> MobileNetTagger:
         """Fold each BatchNorm into its conv for inference (about 10% faster on CPU); not for training."""
         for module in self.modules():

@@ -1,0 +1,969 @@
+"""Train a text-audio dual encoder on captioned clips (Clotho, or a CSV of one's own sounds).
+
+    audiofind train CONFIG.yaml [key=value ...]                         # one process (CPU or one GPU)
+    torchrun --nproc_per_node 4 -m audiofind.train CONFIG.yaml [...]    # DDP, one process per GPU
+
+A run directory holds config.yaml, last.pt (everything needed to resume), best.pt (the checkpoint with the
+best validation mAP@10, loadable by `audiofind.model.load_model`), metrics.csv, curves.png and tensorboard/.
+Re-running the same command after a crash resumes from last.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .audio import SAMPLE_RATE, load_audio
+from .data import CaptionedClip, load_captions_csv, load_clotho
+from .dual_encoder import (
+    DualEncoder,
+    DualEncoderConfig,
+    DualEncoderModel,
+    build_model,
+    file_sha256,
+    save_checkpoint,
+)
+from .losses import (
+    ContrastiveLoss,
+    LossConfig,
+    NeighbourBatchSampler,
+    TeacherBank,
+    gather_no_grad,
+    gather_with_grad,
+)
+from .metrics import retrieval_metrics
+
+log = logging.getLogger("audiofind.train")
+
+# ---------------------------------------------------------------- configuration
+
+
+@dataclass
+class DataConfig:
+    """Where the captioned clips come from and how they are batched."""
+
+    clotho_root: str | None = None  # folder with clotho_captions_<split>.csv and <split>/ audio
+    train_split: str = "development"
+    val_split: str | None = "validation"  # None: no validation (best.pt = latest epoch)
+    train_csv: str | None = None  # instead of Clotho: CSV of audio_path,caption rows
+    val_csv: str | None = None
+    audio_root: str | None = None  # base folder for relative paths in the CSVs
+    items: str = "clips"  # "clips": one random caption per clip per epoch; "captions": every pair once
+    batch_size: int = 32  # global: split across DDP processes, so a recipe means the same on any GPU count
+    num_workers: int = 2
+    val_batch_size: int = 16  # windows per forward pass when embedding validation clips
+    max_val_clips: int | None = None  # cap for quick checks
+
+
+@dataclass
+class AugmentConfig:
+    """Light augmentation; everything off but the random crop by default."""
+
+    random_crop: bool = True  # crop long clips at a random offset (else from the start)
+    gain_db: float = 0.0  # random gain in [-gain_db, +gain_db]
+    mixup_prob: float = 0.0  # share of batch items replaced by a 50/50 mix with another item, captions joined
+    word_dropout: float = 0.0  # probability of dropping each caption word
+    word_swap: float = 0.0  # probability of swapping one random pair of neighbouring words
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay, stepped per optimizer step."""
+
+    lr: float = 1e-4  # heads: pooling, projections, temperature
+    audio_lr: float | None = None  # audio backbone; None = lr
+    text_lr: float | None = None  # text backbone; None = lr
+    weight_decay: float = 0.01  # not applied to biases and norm weights
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_epochs: float = 1.0
+    decay_epochs: float | None = (
+        None  # length of the cosine after warm-up (then flat at the floor); None = to the end
+    )
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of each group's peak
+    grad_accum: int = 1  # micro-batches per optimizer step
+    clip_grad_norm: float = 0.0  # 0 = off
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run; YAML files and key=value overrides map onto these fields."""
+
+    model: DualEncoderConfig = field(default_factory=DualEncoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run_dir: str = "runs/dual-encoder"
+    epochs: int = 10
+    freeze_audio_epochs: int = 0  # keep the audio backbone frozen (and in eval mode) for the first N epochs
+    freeze_text_epochs: int = 0
+    freeze_batchnorm: bool = False  # audio backbone BatchNorm in eval mode throughout (small batches)
+    precision: str = "auto"  # "auto" (bf16 on CUDA if supported, else fp16; fp32 on CPU) | bf16 | fp16 | fp32
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    seed: int = 0
+    resume: Any = "auto"  # "auto": resume when run_dir has last.pt; true: require it; false: start afresh
+    log_every: int = 10  # optimizer steps between log lines / TensorBoard points
+    eval_every: int = 1  # epochs between validations
+    select_metric: str = "mAP@10"  # validation metric that picks best.pt
+    find_unused_parameters: bool = False  # DDP option, for backbones with layers outside the loss
+
+
+def _from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    """Nested dataclass from a dict, refusing unknown keys and coercing YAML strings like 2e-5 to numbers."""
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {where or 'root'} must be a mapping, got {values!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
+            f"known in {where or 'root'}: {', '.join(sorted(known))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        f = known[name]
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            kwargs[name] = _from_dict(type(default), value or {}, f"{where}{name}.")
+        else:
+            kwargs[name] = _coerce(value, str(f.type), where + name)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, annotation: str, key: str) -> Any:
+    """Numbers given as text (PyYAML reads 2e-5 as a string) become numbers when the field wants one."""
+    if not isinstance(value, str) or "str" in annotation:
+        if "float" in annotation and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+    try:
+        if "float" in annotation:
+            return float(value)
+        if "int" in annotation:
+            return int(value)
+    except ValueError:
+        raise ValueError(f"config key {key}: expected a number, got {value!r}") from None
+    return value
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted key=value overrides (values parsed as YAML) to a nested dict."""
+    import yaml
+
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-4)")
+        node = values
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part} is not a section")
+        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+    return values
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (or none: defaults) and apply overrides."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    return _from_dict(TrainConfig, apply_overrides(values, list(overrides or [])))
+
+
+def as_config(config: TrainConfig | dict[str, Any]) -> TrainConfig:
+    return config if isinstance(config, TrainConfig) else _from_dict(TrainConfig, config)
+
+
+# ---------------------------------------------------------------- data
+
+
+def augment_caption(text: str, generator: torch.Generator | None, dropout: float, swap: float) -> str:
+    """Random word dropout (keeping at least one word) and one random swap of neighbouring words."""
+    words = text.split()
+    if dropout > 0 and len(words) > 1:
+        keep = [w for w in words if torch.rand((), generator=generator).item() >= dropout]
+        words = keep or [words[int(torch.randint(len(words), (), generator=generator))]]
+    if swap > 0 and len(words) > 1 and torch.rand((), generator=generator).item() < swap:
+        i = int(torch.randint(len(words) - 1, (), generator=generator))
+        words[i], words[i + 1] = words[i + 1], words[i]
+    return " ".join(words)
+
+
+def crop_or_pad(wave: np.ndarray, length: int, random_offset: bool) -> np.ndarray:
+    """Exactly `length` samples: a (random) crop of a long clip, a short one repeated to fill the window.
+
+    Repeating rather than zero-padding keeps a short sound's frame statistics what inference sees, since
+    inference embeds short clips at their natural length.
+    """
+    if len(wave) > length:
+        start = int(torch.randint(len(wave) - length + 1, ())) if random_offset else 0
+        return wave[start : start + length]
+    if len(wave) == 0:
+        return np.zeros(length, np.float32)
+    return np.resize(wave, length)
+
+
+class CaptionDataset(Dataset):
+    """Training items: (wave cropped/padded to window_s, one caption, clip index, caption index)."""
+
+    def __init__(
+        self,
+        clips: list[CaptionedClip],
+        window_s: float,
+        items: str = "clips",
+        augment: AugmentConfig | None = None,
+    ) -> None:
+        if items not in ("clips", "captions"):
+            raise ValueError(f"data.items must be 'clips' or 'captions', not {items!r}")
+        self.clips, self.augment = clips, augment or AugmentConfig()
+        self.length = round(window_s * SAMPLE_RATE)
+        self.offsets = np.concatenate([[0], np.cumsum([len(c.captions) for c in clips])]).astype(int)
+        self.index = (
+            [(c, None) for c in range(len(clips))]
+            if items == "clips"
+            else [(c, k) for c, clip in enumerate(clips) for k in range(len(clip.captions))]
+        )
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def item_clips(self) -> list[int]:
+        return [c for c, _ in self.index]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        c, k = self.index[i]
+        clip, aug = self.clips[c], self.augment
+        if k is None:
+            k = int(torch.randint(len(clip.captions), ()))
+        limit = None if aug.random_crop else self.length / SAMPLE_RATE
+        wave, _ = load_audio(clip.audio_path, max_duration=limit)
+        wave = crop_or_pad(wave, self.length, aug.random_crop)
+        if aug.gain_db > 0:
+            wave = wave * 10 ** ((torch.rand(()).item() * 2 - 1) * aug.gain_db / 20)
+        caption = augment_caption(clip.captions[k], None, aug.word_dropout, aug.word_swap)
+        return {
+            "wave": torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)),
+            "caption": caption,
+            "clip": c,
+            "caption_id": int(self.offsets[c] + k),
+        }
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "wave": torch.stack([it["wave"] for it in items]),
+        "caption": [it["caption"] for it in items],
+        "clip": torch.tensor([it["clip"] for it in items]),
+        "caption_id": torch.tensor([it["caption_id"] for it in items]),
+    }
+
+
+class WaveDataset(Dataset):
+    """Whole clips for validation and teacher embedding, decoded in DataLoader workers."""
+
+    def __init__(self, clips: list[CaptionedClip]) -> None:
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return load_audio(self.clips[i].audio_path)[0]
+
+
+def load_split(data: DataConfig, which: str) -> list[CaptionedClip]:
+    """Training or validation clips, from Clotho or a captions CSV; [] when that split is not set."""
+    csv_path = data.train_csv if which == "train" else data.val_csv
+    split = data.train_split if which == "train" else data.val_split
+    if csv_path:
+        return load_captions_csv(csv_path, data.audio_root, split=which)
+    if data.clotho_root and split:
+        return load_clotho(data.clotho_root, split)
+    if which == "train":
+        raise ValueError("no training data: set data.clotho_root (Clotho) or data.train_csv (your own CSV)")
+    return []
+
+
+def mixup(batch: dict[str, Any], prob: float) -> Tensor:
+    """Replace some items by a 50/50 mix with another item (captions joined); returns which were mixed."""
+    n = len(batch["caption"])
+    mixed = torch.rand(n) < prob if n > 1 else torch.zeros(n, dtype=torch.bool)
+    for i in mixed.nonzero().flatten().tolist():
+        j = (i + int(torch.randint(1, n, ()))) % n
+        batch["wave"][i] = 0.5 * (batch["wave"][i] + batch["wave"][j])
+        batch["caption"][i] = f"{batch['caption'][i].rstrip('. ')} and {batch['caption'][j]}"
+    return mixed
+
+
+# ---------------------------------------------------------------- processes and devices
+
+
+@dataclass
+class Runtime:
+    """Who this process is (DDP rank) and what it computes on."""
+
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+    amp: torch.dtype | None
+    owns_group: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision when configured, else nothing."""
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU) and pick the device."""
+    if cfg.precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16, fp16 or fp32, not {cfg.precision!r}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        owns = True
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}.get(cfg.precision, "auto")
+    if amp == "auto":
+        amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_cuda else None
+    return Runtime(rank, world, local_rank, device, amp, owns)  # type: ignore[arg-type]
+
+
+def all_gather_objects(rt: Runtime, obj: Any) -> list[Any]:
+    if rt.world == 1:
+        return [obj]
+    out: list[Any] = [None] * rt.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random generator states as numpy arrays and plain values (safe to all_gather_object)."""
+    name, keys, *rest = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state().numpy(),
+        "python": random.getstate(),
+        "numpy": (name, keys, *rest),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state().numpy()
+    return state
+
+
+def _storable(state: dict[str, Any]) -> dict[str, Any]:
+    """Arrays to tensors, so the state loads with torch.load(weights_only=True)."""
+    name, keys, *rest = state["numpy"]
+    out = {k: torch.from_numpy(np.array(v)) for k, v in state.items() if k in ("torch", "cuda")}
+    return {**out, "python": state["python"], "numpy": (name, torch.from_numpy(np.array(keys)), *rest)}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- optimisation
+
+
+def build_optimizer(network: DualEncoder, optim: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with one group per role (backbone lr vs head lr), each split into decayed and not decayed."""
+    lrs = {
+        "audio_backbone": optim.audio_lr or optim.lr,
+        "text_backbone": optim.text_lr or optim.lr,
+        "heads": optim.lr,
+    }
+    groups = []
+    for role, params in network.parameter_groups().items():
+        decay = [p for p in params if p.ndim >= 2]
+        plain = [p for p in params if p.ndim < 2]
+        for suffix, ps, wd in (("", decay, optim.weight_decay), ("/no_decay", plain, 0.0)):
+            if ps:
+                groups.append({"params": ps, "lr": lrs[role], "weight_decay": wd, "name": role + suffix})
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)  # type: ignore[arg-type]
+
+
+def warmup_cosine(warmup_steps: int, decay_steps: int, floor: float = 0.0) -> Any:
+    """LR multiplier per step: linear warm-up to 1, cosine down to `floor` over `decay_steps`, then flat."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, decay_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def embed_clips(
+    network: DualEncoder, clips: list[CaptionedClip], rt: Runtime, data: DataConfig
+) -> np.ndarray:
+    """Whole-clip embeddings (windowed, averaged), each rank doing a share, gathered in clip order."""
+    mine = list(range(rt.rank, len(clips), rt.world))
+    loader = DataLoader(
+        WaveDataset([clips[i] for i in mine]),
+        batch_size=data.val_batch_size,
+        collate_fn=list,
+        num_workers=data.num_workers,
+    )
+    parts = []
+    with rt.autocast():
+        for waves in loader:
+            parts.append(network.embed_waves(waves, data.val_batch_size)[0])
+    local = np.concatenate(parts) if parts else np.zeros((0, network.config.embed_dim), np.float32)
+    out = np.zeros((len(clips), network.config.embed_dim), np.float32)
+    for rank, vectors in enumerate(all_gather_objects(rt, local)):
+        out[rank :: rt.world] = vectors
+    return out
+
+
+@torch.no_grad()
+def embed_captions(network: DualEncoder, texts: list[str], rt: Runtime) -> np.ndarray:
+    with rt.autocast():
+        local = network.embed_texts(texts[rt.rank :: rt.world])
+    out = np.zeros((len(texts), network.config.embed_dim), np.float32)
+    for rank, vectors in enumerate(all_gather_objects(rt, local)):
+        out[rank :: rt.world] = vectors
+    return out
+
+
+def evaluate(
+    network: DualEncoder, clips: list[CaptionedClip], rt: Runtime, data: DataConfig
+) -> dict[str, float]:
+    """Single-positive Clotho protocol: every caption is a query whose only relevant clip is its own."""
+    audio = embed_clips(network, clips, rt, data)
+    captions = [c for clip in clips for c in clip.captions]
+    relevant = [[i] for i, clip in enumerate(clips) for _ in clip.captions]
+    text = embed_captions(network, captions, rt)
+    return retrieval_metrics(text @ audio.T, relevant)
+
+
+# ---------------------------------------------------------------- distillation teacher
+
+
+def build_teacher_bank(
+    paths: list[str], clips: list[CaptionedClip], rt: Runtime, data: DataConfig, cache: Path
+) -> TeacherBank:
+    """Embed every training clip and caption with each teacher once (ranks share the work); cached."""
+    key = hashlib.sha256(
+        "\n".join([*(file_sha256(p) for p in paths), *(c.file_name for c in clips)]).encode()
+    ).hexdigest()[:16]
+    fresh = rt.main and cache.is_file() and TeacherBank.load(cache).key == key
+    if not all_gather_objects(rt, fresh)[0]:  # rank 0 decides, so every rank takes the same branch
+        audio, text = [], []
+        captions = [c for clip in clips for c in clip.captions]
+        for path in paths:
+            log.info("teacher %s: embedding %d clips and %d captions", path, len(clips), len(captions))
+            network = DualEncoderModel.load(path, device=str(rt.device)).network
+            audio.append(torch.from_numpy(embed_clips(network, clips, rt, data)).half())
+            text.append(torch.from_numpy(embed_captions(network, captions, rt)).half())
+            del network
+        if rt.main:
+            TeacherBank(audio, text, key).save(cache)
+    rt.barrier()
+    return TeacherBank.load(cache)
+
+
+# ---------------------------------------------------------------- logging
+
+
+_COLUMNS = [
+    "epoch",
+    "step",
+    "train_loss",
+    "contrastive",
+    "distill",
+    "lr",
+    "scale",
+    "epoch_s",
+    "clips_per_s",
+    "R@1",
+    "R@5",
+    "R@10",
+    "mAP@10",
+    "mAP@16",
+]
+
+
+def write_metrics(history: list[dict[str, float]], run_dir: Path) -> None:
+    """Rewrite metrics.csv from the full history, so a resumed run never duplicates rows."""
+    tmp = run_dir / ".metrics.csv.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    os.replace(tmp, run_dir / "metrics.csv")
+
+
+def plot_curves(history: list[dict[str, float]], path: Path) -> None:
+    """Loss, validation metrics and learning rate per epoch, as a PNG (no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(12, 3.6))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_val, ax_lr = fig.subplots(1, 3)
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train loss")
+    ax_loss.set_title("training loss")
+    for name in ("R@1", "R@10", "mAP@10"):
+        points = [(r["epoch"], r[name]) for r in history if name in r]
+        if points:
+            ax_val.plot(*zip(*points), marker="o", label=name)
+    ax_val.set_title("validation")
+    ax_lr.plot(epochs, [r["lr"] for r in history], marker="o")
+    ax_lr.set_title("head learning rate (end of epoch)")
+    for ax in (ax_loss, ax_val, ax_lr):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    os.replace(tmp, path)
+
+
+def open_tensorboard(run_dir: Path, step: int) -> Any:
+    """A SummaryWriter when tensorboard is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=step or None)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class Trainer:
+    """One run: builds everything from the config, resumes when asked, and loops over epochs."""
+
+    def __init__(self, cfg: TrainConfig, rt: Runtime) -> None:
+        self.cfg, self.rt = cfg, rt
+        self.run_dir = Path(cfg.run_dir).expanduser()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(cfg.seed + rt.rank)
+        self.train_clips = load_split(cfg.data, "train")
+        self.val_clips = load_split(cfg.data, "val")[: cfg.data.max_val_clips or None]
+        self.dataset = CaptionDataset(self.train_clips, cfg.model.window_s, cfg.data.items, cfg.augment)
+        self.network = build_model(cfg.model).to(rt.device)
+        self.network.frozen_batchnorm = cfg.freeze_batchnorm
+        self.loss = ContrastiveLoss(cfg.loss)
+        self.loader, self.batch_sampler = self._loader()
+        self.optimizer = build_optimizer(self.network, cfg.optim)
+        self.accum = max(1, cfg.optim.grad_accum)
+        self.steps_per_epoch = math.ceil(len(self.loader) / self.accum)
+        opt = cfg.optim
+        warmup = max(1, round(opt.warmup_epochs * self.steps_per_epoch)) if opt.warmup_epochs > 0 else 0
+        decay = (
+            self.steps_per_epoch * cfg.epochs - warmup
+            if opt.decay_epochs is None
+            else round(opt.decay_epochs * self.steps_per_epoch)
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(warmup, decay, opt.min_lr_ratio)
+        )
+        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp == torch.float16)
+        self.epoch = self.step = 0
+        self.best = -math.inf
+        self.history: list[dict[str, float]] = []
+        self.clip_vectors: np.ndarray | None = None
+        self.ddp: torch.nn.Module | None = None
+        self.teacher = None
+        if cfg.loss.distill_weight > 0 and cfg.loss.teachers:
+            self.teacher = build_teacher_bank(
+                cfg.loss.teachers, self.train_clips, rt, cfg.data, self.run_dir / "teacher.pt"
+            )
+
+    def _loader(self) -> tuple[DataLoader, Any]:
+        cfg, rt = self.cfg, self.rt
+        per_rank = max(1, cfg.data.batch_size // rt.world)
+        if cfg.data.batch_size % rt.world:
+            log.warning(
+                "data.batch_size %d is not divisible by %d processes: using %d per process",
+                cfg.data.batch_size,
+                rt.world,
+                per_rank,
+            )
+        kwargs: dict[str, Any] = {
+            "collate_fn": collate,
+            "num_workers": cfg.data.num_workers,
+            "pin_memory": rt.device.type == "cuda",
+        }
+        if cfg.loss.neighbour_batches:
+            sampler = NeighbourBatchSampler(
+                self.dataset.item_clips(),
+                per_rank,
+                cfg.loss.neighbour_group,
+                cfg.loss.neighbour_k,
+                rt.world,
+                rt.rank,
+                cfg.seed,
+            )
+            return DataLoader(self.dataset, batch_sampler=sampler, **kwargs), sampler
+        sampler = DistributedSampler(self.dataset, rt.world, rt.rank, shuffle=True, seed=cfg.seed)
+        per_rank = min(per_rank, len(sampler))  # tiny data: one smaller batch rather than none
+        return DataLoader(
+            self.dataset, batch_size=per_rank, sampler=sampler, drop_last=True, **kwargs
+        ), sampler
+
+    # ---- checkpoints
+
+    def resume(self) -> bool:
+        """Load last.pt when the config asks (or allows) it; True when a run was resumed."""
+        last = self.run_dir / "last.pt"
+        wanted = self.cfg.resume
+        if wanted is True and not last.is_file():
+            raise FileNotFoundError(f"resume requested but {last} does not exist")
+        if wanted is False or not last.is_file():
+            return False
+        payload = torch.load(last, map_location="cpu", weights_only=True)
+        state = payload["train"]
+        self.network.load_state_dict(payload["state_dict"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step, self.best = int(state["epoch"]), int(state["step"]), float(state["best"])
+        self.history = list(state["history"])
+        self.loss.load_queue_state(state.get("queue"), self.rt.device)
+        if state.get("clip_vectors") is not None:
+            self.clip_vectors = state["clip_vectors"].float().numpy()
+            if isinstance(self.batch_sampler, NeighbourBatchSampler):
+                self.batch_sampler.update(self.clip_vectors)
+        rngs = state.get("rng") or []
+        if len(rngs) == self.rt.world:
+            set_rng_state(rngs[self.rt.rank])
+        else:  # another process count: fresh, but distinct, streams
+            seed_everything(self.cfg.seed + 1000 * self.epoch + self.rt.rank)
+        log.info("resuming from %s at epoch %d, step %d", last, self.epoch, self.step)
+        return True
+
+    def _meta(self, metrics: dict[str, float] | None) -> dict[str, Any]:
+        from . import __version__
+
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "metrics": metrics or {},
+            "train_config": asdict(self.cfg),
+            "audiofind_version": __version__,
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "train_clips": len(self.train_clips),
+        }
+
+    def save(self, metrics: dict[str, float] | None, is_best: bool) -> None:
+        """last.pt (resumable) every epoch; best.pt (weights only) when the selection metric improved."""
+        rngs = [_storable(r) for r in all_gather_objects(self.rt, rng_state())]
+        if self.rt.main:
+            vectors = None if self.clip_vectors is None else torch.from_numpy(self.clip_vectors).half()
+            train_state = {
+                "epoch": self.epoch,
+                "step": self.step,
+                "best": self.best,
+                "history": self.history,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rngs,
+                "clip_vectors": vectors,
+                "queue": self.loss.queue_state(),
+                "world": self.rt.world,
+            }
+            if is_best:
+                save_checkpoint(self.run_dir / "best.pt", self.network, self._meta(metrics))
+            save_checkpoint(self.run_dir / "last.pt", self.network, self._meta(metrics), train=train_state)
+        self.rt.barrier()
+
+    # ---- epochs
+
+    def _wrap(self) -> None:
+        """(Re)wrap in DDP; needed whenever freezing changes which parameters need gradients."""
+        if self.rt.world == 1:
+            self.ddp = self.network
+            return
+        self.ddp = None
+        ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(
+            self.network, device_ids=ids, find_unused_parameters=self.cfg.find_unused_parameters
+        )
+
+    def _apply_freezing(self) -> None:
+        """Follow the freezing schedule; DDP is rewrapped only when the set of trained parameters changes."""
+        audio = self.epoch < self.cfg.freeze_audio_epochs
+        text = self.epoch < self.cfg.freeze_text_epochs
+        wanted = {n for n, on in (("audio_backbone", audio), ("text_backbone", text)) if on}
+        if self.ddp is not None and wanted == self.network.frozen:
+            return
+        log.info("epoch %d: frozen backbones: %s", self.epoch + 1, ", ".join(sorted(wanted)) or "none")
+        self.network.set_frozen(audio=audio, text=text)
+        self._wrap()
+
+    def run(self) -> Path:
+        cfg, rt = self.cfg, self.rt
+        if rt.main:
+            import yaml
+
+            (self.run_dir / "config.yaml").write_text(
+                yaml.safe_dump(asdict(cfg), sort_keys=False), encoding="utf-8"
+            )
+        self.resume()
+        log.info(
+            "%d training clips (%d items, %d steps/epoch), %d validation clips; %d process(es) on %s, "
+            "precision %s",
+            len(self.train_clips),
+            len(self.dataset),
+            self.steps_per_epoch,
+            len(self.val_clips),
+            rt.world,
+            rt.device,
+            rt.amp or "fp32",
+        )
+        writer = open_tensorboard(self.run_dir, self.step) if rt.main else None
+        try:
+            while self.epoch < cfg.epochs:
+                self._apply_freezing()
+                row = self.train_epoch(writer)
+                self.epoch += 1
+                metrics = None
+                if self.val_clips and (self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs):
+                    metrics = evaluate(self.network, self.val_clips, rt, cfg.data)
+                    row.update(metrics)
+                score = (
+                    metrics[cfg.select_metric]
+                    if metrics
+                    else (self.epoch if not self.val_clips else -math.inf)
+                )
+                is_best = score > self.best
+                self.best = max(self.best, score)
+                self.history.append(row)
+                self.save(metrics, is_best)
+                if rt.main:
+                    self._report(row, writer)
+        finally:
+            if writer is not None:
+                writer.close()
+        best = self.run_dir / "best.pt"
+        return best if best.is_file() else self.run_dir / "last.pt"
+
+    def _report(self, row: dict[str, float], writer: Any) -> None:
+        write_metrics(self.history, self.run_dir)
+        plot_curves(self.history, self.run_dir / "curves.png")
+        shown = " ".join(f"{k} {row[k]:.4f}" for k in ("train_loss", "R@1", "R@10", "mAP@10") if k in row)
+        log.info(
+            "epoch %d/%d step %d: %s (%.1f s, %.1f clips/s)",
+            row["epoch"],
+            self.cfg.epochs,
+            row["step"],
+            shown,
+            row["epoch_s"],
+            row["clips_per_s"],
+        )
+        if writer is not None:
+            for k in ("R@1", "R@5", "R@10", "mAP@10", "mAP@16"):
+                if k in row:
+                    writer.add_scalar(f"val/{k}", row[k], self.step)
+            writer.add_scalar("train/epoch_loss", row["train_loss"], self.step)
+            writer.flush()
+
+    def _batches(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        self.batch_sampler.set_epoch(self.epoch)
+        yield from enumerate(self.loader)
+
+    def train_epoch(self, writer: Any) -> dict[str, float]:
+        cfg, rt, net = self.cfg, self.rt, self.network
+        model = self.ddp or net
+        model.train()
+        totals = {"loss": 0.0, "contrastive": 0.0, "distill": 0.0}
+        seen, batches, start = 0, 0, time.perf_counter()
+        if cfg.loss.neighbour_batches:
+            self.clip_vectors = np.full((len(self.train_clips), cfg.model.embed_dim), np.nan, np.float32)
+        n_batches = len(self.loader)
+        for i, batch in self._batches():
+            mixed = (
+                mixup(batch, cfg.augment.mixup_prob)
+                if cfg.augment.mixup_prob > 0
+                else torch.zeros(len(batch["caption"]), dtype=torch.bool)
+            )
+            waves = batch["wave"].to(rt.device, non_blocking=True)
+            clip_ids = torch.where(mixed, -1, batch["clip"]).to(rt.device)
+            caption_ids = batch["caption_id"].to(rt.device)
+            sync = (i + 1) % self.accum == 0 or i + 1 == n_batches
+            no_sync = model.no_sync() if (rt.world > 1 and not sync) else contextlib.nullcontext()
+            with no_sync:
+                with rt.autocast():
+                    audio, text, scale = model(waves, batch["caption"])
+                out = self._loss(audio, text, scale, clip_ids, caption_ids)
+                self.scaler.scale(out["loss"] / self.accum).backward()
+            if sync:
+                self._optimizer_step(out, writer)
+            for k in totals:
+                totals[k] += float(out[k].detach()) if k in out else 0.0
+            seen += len(waves) * rt.world
+            batches += 1
+        elapsed = time.perf_counter() - start
+        if isinstance(self.batch_sampler, NeighbourBatchSampler) and self.clip_vectors is not None:
+            self.batch_sampler.update(self.clip_vectors)
+        return {
+            "epoch": self.epoch + 1,
+            "step": self.step,
+            "train_loss": totals["loss"] / max(1, batches),
+            "contrastive": totals["contrastive"] / max(1, batches),
+            "distill": totals["distill"] / max(1, batches),
+            "lr": self.optimizer.param_groups[-1]["lr"],
+            "scale": float(net.scale().detach()),
+            "epoch_s": elapsed,
+            "clips_per_s": seen / max(elapsed, 1e-9),
+        }
+
+    def _loss(
+        self, audio: Tensor, text: Tensor, scale: Tensor, clip_ids: Tensor, caption_ids: Tensor
+    ) -> dict[str, Tensor]:
+        """Gather the global batch if asked, give mixed items unique ids, add the teacher; then the loss."""
+        if self.cfg.loss.gather:
+            audio, text = gather_with_grad(audio), gather_with_grad(text)
+            clip_ids, caption_ids = gather_no_grad(clip_ids), gather_no_grad(caption_ids)
+        if self.clip_vectors is not None:
+            self._remember(audio, text, clip_ids)
+        real = clip_ids >= 0
+        ids = torch.where(real, clip_ids, -1 - torch.arange(len(clip_ids), device=clip_ids.device))
+        teacher = None
+        if self.teacher is not None:
+            teacher = self.teacher.similarities(caption_ids.clamp(min=0), clip_ids.clamp(min=0))
+        return self.loss(audio, text, ids, scale, teacher=teacher, teacher_mask=real)
+
+    @torch.no_grad()
+    def _remember(self, audio: Tensor, text: Tensor, clip_ids: Tensor) -> None:
+        """Keep each clip's latest (audio + text) vector for next epoch's neighbour batches."""
+        vectors = (audio.detach() + text.detach()).float()
+        if not self.cfg.loss.gather:
+            vectors, clip_ids = gather_no_grad(vectors), gather_no_grad(clip_ids)
+        ok = clip_ids >= 0
+        assert self.clip_vectors is not None
+        self.clip_vectors[clip_ids[ok].cpu().numpy()] = vectors[ok].cpu().numpy()
+
+    def _optimizer_step(self, out: dict[str, Tensor], writer: Any) -> None:
+        if self.cfg.optim.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        if self.rt.main and self.cfg.log_every > 0 and self.step % self.cfg.log_every == 0:
+            loss, lr = float(out["loss"].detach()), self.optimizer.param_groups[-1]["lr"]
+            log.info("step %d: loss %.4f lr %.3g", self.step, loss, lr)
+            if writer is not None:
+                writer.add_scalar("train/loss", loss, self.step)
+                writer.add_scalar("train/lr", lr, self.step)
+                writer.add_scalar("train/scale", float(self.network.scale().detach()), self.step)
+
+
+def train(config: TrainConfig | dict[str, Any]) -> Path:
+    """Run (or resume) training; returns the path of the best checkpoint (best.pt)."""
+    cfg = as_config(config)
+    rt = setup_runtime(cfg)
+    try:
+        return Trainer(cfg, rt).run()
+    finally:
+        if rt.owns_group:
+            dist.destroy_process_group()
+
+
+def run_cli(
+    config: str | os.PathLike[str],
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    run_dir: str | None = None,
+) -> Path:
+    """What both `audiofind train` and `python -m audiofind.train` do."""
+    extra = list(overrides or [])
+    if resume:
+        extra.append("resume=true")
+    if run_dir:
+        extra.append(f"run_dir={run_dir}")
+    return train(load_config(config, extra))
+
+
+def setup_logging() -> None:
+    """Log lines from rank 0 only, so torchrun output stays readable."""
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        stream=sys.stdout,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m audiofind.train", description=__doc__.split("\n")[0])
+    parser.add_argument("config", help="YAML training config (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-4")
+    parser.add_argument("--resume", action="store_true", help="require resuming from RUN_DIR/last.pt")
+    parser.add_argument("--run-dir", help="output folder (overrides run_dir)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    best = run_cli(args.config, args.overrides, args.resume, args.run_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"best checkpoint: {best}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
