@@ -1,7 +1,7 @@
 """Cold-start indexing speed: `audiofind index` on sfx-dev in a fresh process, into an empty index.
 
 Reports audio duration / wall time (x real time), files/s and the peak resident memory of the whole
-process tree (the indexer and its decoding workers), sampled every 50 ms. Prints a markdown table and
+process tree (the indexer and its decoding workers, PSS), sampled every 50 ms. Prints a markdown table and
 the command that produced it.
 
     python benchmarks/bench_index.py --sfx ../shared/data/sfx-dev --workers 2
@@ -23,23 +23,26 @@ from pathlib import Path
 import psutil
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    """Resident bytes of a process and all its children."""
+def tree_memory(proc: psutil.Process) -> int:
+    """Proportional set size (PSS) of a process and its children: forked workers share pages with their
+    parent, which summed RSS would count twice."""
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
+            info = p.memory_full_info()
+            total += getattr(info, "pss", info.rss)
     return total
 
 
-def run_index(sfx: Path, index_dir: Path, workers: int) -> dict:
-    cmd = [sys.executable, "-m", "audiofind.cli", "index", str(sfx), "--index", str(index_dir),
-           "--workers", str(workers)]
+def run_index(sfx: Path, index_dir: Path, workers: int | None) -> dict:
+    cmd = [sys.executable, "-m", "audiofind.cli", "index", str(sfx), "--index", str(index_dir)]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
     t0 = time.perf_counter()
     proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak = 0
     while proc.poll() is None:
-        peak = max(peak, tree_rss(proc))
+        peak = max(peak, tree_memory(proc))
         time.sleep(0.05)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -53,7 +56,7 @@ def run_index(sfx: Path, index_dir: Path, workers: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sfx", type=Path, default=Path("../shared/data/sfx-dev"))
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None, help="default: audiofind's own (half the cores)")
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
     rows = []
@@ -64,8 +67,8 @@ def main() -> None:
         finally:
             shutil.rmtree(index_dir, ignore_errors=True)
     print(f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
-          f"workers={args.workers}; cold start (new process, empty index)\n")
-    print("| clips | audio h | wall s | x real time | files/s | peak RSS MB |")
+          f"workers={args.workers or 'default'}; cold start (new process, empty index)\n")
+    print("| clips | audio h | wall s | x real time | files/s | peak memory (PSS) MB |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         clips, hours = r["stats"]["clips"], r["stats"]["audio_hours"]

@@ -156,6 +156,10 @@ def test_model_ids_distinguish_configurations(zero_shot):
     assert zero_shot.model_id == ZeroShotConfig().model_id and zero_shot.source == "default"
     assert load_model(zero_shot.model_id).model_id == zero_shot.model_id
     assert ZeroShotConfig(pooling="mean").model_id != ZeroShotConfig().model_id
+    full = load_model("full-window")
+    assert full.source == "full-window" and full.config.pad_to_s == 10.0
+    assert full.model_id != zero_shot.model_id
+    assert load_model(full.model_id).source == "full-window"
     with pytest.raises(ValueError, match="unknown model"):
         load_model("no-such-model")
 

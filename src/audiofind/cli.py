@@ -120,7 +120,10 @@ def _summary(report: UpdateReport, stats: dict[str, Any]) -> str:
 def index_cmd(
     paths: Annotated[list[str], typer.Argument(help="Folders (searched recursively) or audio files.")],
     index: IndexOpt = None,
-    workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Decoding processes (0: none).")] = 2,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "-j", min=0, help="Decoding processes (0: none; default: half the cores)."),
+    ] = None,
     model: ModelOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     rebuild: Annotated[

@@ -71,7 +71,8 @@ class ZeroShotModel:
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, config: ZeroShotConfig | None = None, device: str = "cpu") -> None:
+    def __init__(self, config: ZeroShotConfig | None = None, device: str = "cpu",
+                 source: str | None = None) -> None:
         self.config = config or ZeroShotConfig()
         self.device = torch.device(device)
         tagger = MobileNetTagger.from_checkpoint(str(resolve_asset(self.config.tagger)))
@@ -79,7 +80,7 @@ class ZeroShotModel:
         self._frozen = False
         self.vocab = AudioSetVocabulary.default()
         self.model_id = self.config.model_id
-        self.source = "default" if self.config == ZeroShotConfig() else self.model_id
+        self.source = source or self.model_id  # the name `load_model` knows it by
         self.dim = len(self.vocab) if self.config.space == "class" else self.text_encoder.dim
 
     def _freeze_tagger(self) -> None:
