@@ -99,6 +99,18 @@ def main() -> None:
     for _, name, cfg, m in rows:
         if name == "pad-1s" and cfg == default:
             print(f"\ncurrent default: rank {[r[2] for r in rows].index(cfg) + 1}, mAP@10 {m['mAP@10']:.3f}")
+    print("\nOne knob at a time (every other setting at the default):\n")
+    print("| knob | value | R@1 | R@10 | mAP@10 |")
+    print("|---|---|---|---|---|")
+    knobs = ["pad_to_s", "hop_s", "label_style", "space", "pooling", "audio_power", "query_temperature",
+             "query_top"]
+    for knob in knobs:
+        for _, _, cfg, m in sorted(rows, key=lambda r: str(getattr(r[2], knob))):
+            others = {k: getattr(cfg, k) for k in knobs if k != knob}
+            if all(getattr(default, k) == v for k, v in others.items()) and cfg.window_s == default.window_s:
+                mark = " (default)" if getattr(cfg, knob) == getattr(default, knob) else ""
+                print(f"| {knob} | {getattr(cfg, knob)}{mark} | {m['R@1']:.3f} | {m['R@10']:.3f} | "
+                      f"{m['mAP@10']:.3f} |")
     print(f"\ncommand: python {' '.join(sys.argv)}")
 
 

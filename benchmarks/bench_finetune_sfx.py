@@ -67,7 +67,7 @@ def main() -> None:
 
     overrides = [
         f"data.train_csv={train_csv}", f"data.val_csv={val_csv}", "data.clotho_root=null",
-        "data.items=captions", "model.window_s=5.0", "model.hop_s=5.0", "epochs=8",
+        "data.items=clips", "model.window_s=5.0", "model.hop_s=5.0", "epochs=6",
         f"run_dir={args.work / 'run'}", "data.num_workers=1", *args.overrides,
     ]
     t0 = time.perf_counter()
