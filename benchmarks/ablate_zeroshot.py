@@ -106,7 +106,8 @@ def main() -> None:
              "query_top"]
     for knob in knobs:
         for _, _, cfg, m in sorted(rows, key=lambda r: str(getattr(r[2], knob))):
-            others = {k: getattr(cfg, k) for k in knobs if k != knob}
+            query_side = ("query_temperature", "query_top") if cfg.space == "text" else ()
+            others = {k: getattr(cfg, k) for k in knobs if k != knob and k not in query_side}
             if all(getattr(default, k) == v for k, v in others.items()) and cfg.window_s == default.window_s:
                 mark = " (default)" if getattr(cfg, knob) == getattr(default, knob) else ""
                 print(f"| {knob} | {getattr(cfg, knob)}{mark} | {m['R@1']:.3f} | {m['R@10']:.3f} | "
