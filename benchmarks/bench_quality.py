@@ -162,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             scores = keyword_scores(queries, eval_clips, with_folders=method == "keyword-path")
         else:
             scores = random_scores(len(queries), len(eval_clips), seed=args.seed)
-        results[method] = retrieval_metrics(scores, relevant)
+        label = method if method != "zero-shot" or not args.model else f"audiofind, model {args.model}"
+        results[label] = retrieval_metrics(scores, relevant)
 
     summary = (
         f"sfx-dev retrieval, split {args.split}: {len(queries)} queries, {len(eval_clips)} clips, "

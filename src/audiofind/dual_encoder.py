@@ -7,7 +7,6 @@ checkpoint as an `EmbeddingModel` for the library index, the CLI and the server.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import math
 import os
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 
 from .assets import ASSETS, resolve_asset
 from .audio import SAMPLE_RATE, frame_windows
+from .download import file_digest
 from .encoders.efficientat import WIDTHS, MobileNetTagger
 from .encoders.text import DEFAULT_TEXT_MODEL, TextEncoder
 from .model import AudioEmbeddings
@@ -466,13 +466,6 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return payload
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 class DualEncoderModel:
@@ -504,7 +497,7 @@ class DualEncoderModel:
         network = build_model(payload["config"], pretrained=False)
         network.load_state_dict(payload["state_dict"], strict=True)
         network.to(torch.device(device))
-        return cls(network, str(path), f"dual-{file_sha256(path)[:12]}", payload.get("meta"))
+        return cls(network, str(path), f"dual-{file_digest(Path(path))[:12]}", payload.get("meta"))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write this model as a checkpoint that `load` (and `audiofind.model.load_model`) accepts."""

@@ -599,6 +599,16 @@ class Library:
             rows = self._conn.execute("SELECT path_bytes FROM roots ORDER BY path_bytes").fetchall()
         return [os.fsdecode(bytes(r[0])) for r in rows]
 
+    def folder_counts(self) -> dict[str, int]:
+        """Clips per folder (each clip counted in its own folder only), for browsing and filters."""
+        with self._lock:
+            rows = self._conn.execute("SELECT path_bytes FROM files").fetchall()
+        counts: dict[str, int] = {}
+        for (path_b,) in rows:
+            folder = os.path.dirname(os.fsdecode(bytes(path_b)))
+            counts[folder] = counts.get(folder, 0) + 1
+        return counts
+
     def _meta(self, key: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None

@@ -326,14 +326,8 @@ class LibraryService:
         cached = self._folders_cache
         if cached is not None and cached.generation == generation:
             return cached
-        with lib._lock:  # no public listing of paths: read under the library's own lock
-            rows = lib._conn.execute("SELECT path_bytes FROM files").fetchall()
-        counts: dict[str, int] = {}
-        for (path_b,) in rows:
-            folder = os.path.dirname(os.fsdecode(bytes(path_b)))
-            counts[folder] = counts.get(folder, 0) + 1
-        roots_fn = getattr(lib, "roots", None)
-        roots = [os.fsdecode(r) for r in roots_fn()] if callable(roots_fn) else []
+        counts = lib.folder_counts()
+        roots = lib.roots()
         # records under no recorded root (an index older than the roots table): their outermost folders
         for folder in sorted(counts):
             if not any(_under(folder, r) for r in roots):

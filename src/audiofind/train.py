@@ -34,12 +34,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .audio import SAMPLE_RATE, load_audio
 from .data import CaptionedClip, load_captions_csv, load_clotho
+from .download import file_digest
 from .dual_encoder import (
     DualEncoder,
     DualEncoderConfig,
     DualEncoderModel,
     build_model,
-    file_sha256,
     save_checkpoint,
 )
 from .losses import (
@@ -499,7 +499,7 @@ def build_teacher_bank(
 ) -> TeacherBank:
     """Embed every training clip and caption with each teacher once (ranks share the work); cached."""
     key = hashlib.sha256(
-        "\n".join([*(file_sha256(p) for p in paths), *(c.file_name for c in clips)]).encode()
+        "\n".join([*(file_digest(Path(p)) for p in paths), *(c.file_name for c in clips)]).encode()
     ).hexdigest()[:16]
     fresh = rt.main and cache.is_file() and TeacherBank.load(cache).key == key
     if not all_gather_objects(rt, fresh)[0]:  # rank 0 decides, so every rank takes the same branch
