@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sfxdev import load_manifest, load_queries  # noqa: E402
 
 from audiofind.audio import load_audio  # noqa: E402
-from audiofind.library import build_faiss_index, search_faiss  # noqa: E402
+from audiofind.library import build_faiss_index, default_nlist, search_faiss  # noqa: E402
 from audiofind.model import load_model  # noqa: E402
 
 
@@ -105,7 +105,7 @@ def main() -> None:
         rows.append((n, "exact (Flat)", flat_build, lat, 1.0))
         del flat
         t0 = time.perf_counter()
-        nlist = max(16, min(4096, int(np.sqrt(n))))
+        nlist = default_nlist(n)  # what the library itself uses
         ivf = build_faiss_index(vectors, ids, "ivf", nlist=nlist)
         ivf_build = time.perf_counter() - t0
         for nprobe in [int(p) for p in args.nprobe.split(",")]:

@@ -43,7 +43,7 @@ PrefixOpt = Annotated[
 ]
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", help="'default' (zero-shot) or a checkpoint from `audiofind train`."),
+    typer.Option("--model", help="'default' or 'full-window' (zero-shot), or a trained checkpoint."),
 ]
 
 

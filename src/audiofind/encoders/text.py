@@ -29,6 +29,9 @@ class TextEncoder(nn.Module):
     def __init__(self, name: str = DEFAULT_TEXT_MODEL, pooling: str = "mean", max_length: int = 64) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a per-tensor loading bar is noise on every `audiofind search`
 
         source = resolve_text_model(name)
         local = Path(source).exists()
