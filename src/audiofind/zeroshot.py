@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ZeroShotConfig:
+    """Every knob of the bridge; its hash is the model id, so an index knows exactly what built it."""
+
     tagger: str = DEFAULT_TAGGER
     text_model: str = DEFAULT_TEXT_MODEL
     label_style: str = "aliases"  # how each class is written for the text encoder
