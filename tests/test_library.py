@@ -23,10 +23,14 @@ from audiofind.library import (  # noqa: E402
     IndexNotFoundError,
     Library,
     ModelMismatchError,
-    build_faiss_index,
-    search_faiss,
 )
 from audiofind.model import AudioEmbeddings, load_model  # noqa: E402
+from audiofind.vector_index import (  # noqa: E402
+    build_faiss_index,
+    choose_index_kind,
+    faiss_index_kind,
+    search_faiss,
+)
 
 SFX = SHARED / "data" / "sfx-dev"
 SR = 32_000
@@ -412,7 +416,7 @@ def test_bad_files_are_skipped_with_reasons(tmp_path, model, monkeypatch):
     def no_decoding(task):
         raise AssertionError(f"{task[0]} was decoded again")
 
-    monkeypatch.setattr(libmod, "_decode_file", no_decoding)
+    monkeypatch.setattr(libmod, "decode_file", no_decoding)
     rerun = lib.update([sounds], workers=0, progress=False)  # known-bad files are not retried
     assert rerun.unchanged == 3 and len(rerun.skipped) == 3 and len(lib) == 3
     assert dict(rerun.skipped) == {p: r for p, r in report.skipped if not p.endswith("doomed.wav")}
@@ -444,10 +448,10 @@ def test_faiss_kinds_agree_with_exact_search():
         assert recall >= min_recall, (kind, recall)
         _, sel = search_faiss(index, queries, 10, allowed_ids=allowed)
         assert set(sel[sel >= 0].tolist()) <= set(allowed.tolist())
-        assert libmod.faiss_index_kind(index) == kind
+        assert faiss_index_kind(index) == kind
         if kind == "ivf":  # a rebuild re-uses the trained lists: same answers, no k-means
             again = build_faiss_index(vectors[::-1], ids[::-1], kind, nprobe=16, trained=index)
             assert again.ntotal == len(ids) and (search_faiss(again, queries, 10)[1] == got).all()
-    assert libmod.choose_index_kind(1000) == "flat" and libmod.choose_index_kind(10**6) == "ivf"
+    assert choose_index_kind(1000) == "flat" and choose_index_kind(10**6) == "ivf"
     empty = build_faiss_index(np.zeros((0, 8), np.float32), np.zeros(0, np.int64), "ivf")
     assert empty.ntotal == 0

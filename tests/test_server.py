@@ -19,8 +19,9 @@ import pytest
 
 os.environ.setdefault("AUDIOFIND_ASSETS", str(Path(__file__).resolve().parents[2] / "shared" / "assets"))
 
+from audiofind.clip_streaming import parse_range  # noqa: E402
 from audiofind.library import DB_NAME, FAISS_NAME, Library  # noqa: E402
-from audiofind.server import Limits, check_bind, create_app, is_loopback, parse_range  # noqa: E402
+from audiofind.server import Limits, check_bind, create_app, is_loopback  # noqa: E402
 
 # 20 short, clearly labelled clips from sfx-dev (relative to it), copied to <lib>/<source>/<name>.
 CLIPS = [

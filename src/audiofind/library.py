@@ -8,24 +8,21 @@ Layout of an index folder:
 
 Every write transaction bumps the meta `generation`, so a FAISS file or an in-memory index knows
 whether it still reflects the rows, and a `kill -9` at any moment leaves an index that opens.
+The FAISS indexes themselves are built in `vector_index`; files are hashed and decoded by
+`indexing_workers`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import multiprocessing
 import os
 import sqlite3
 import stat
 import sys
 import threading
 import time
-import uuid
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +30,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .audio import AUDIO_EXTENSIONS, AudioDecodeError, load_audio
+from .audio import AUDIO_EXTENSIONS, load_audio
+from .indexing_workers import (
+    bounded_map,
+    decode_file,
+    default_workers,
+    hash_file,
+    limit_model_threads,
+    process_pool,
+    restore_model_threads,
+)
+from .vector_index import (
+    DEFAULT_NPROBE,
+    build_faiss_index,
+    choose_index_kind,
+    default_nlist,
+    faiss_index_kind,
+    read_faiss_file,
+    search_faiss,
+    write_faiss_file,
+)
 
 if TYPE_CHECKING:
     import faiss
@@ -44,12 +60,9 @@ INDEX_ENV = "AUDIOFIND_INDEX"
 DB_NAME = "library.sqlite"
 FAISS_NAME = "vectors.faiss"
 SCHEMA_VERSION = 1
-APPROX_THRESHOLD = 50_000  # clips; above this "auto" switches from exact to IVF search
-DEFAULT_NPROBE = 16
 COMMIT_EVERY_FILES = 64  # a crash loses at most this many files' work ...
 COMMIT_EVERY_SECONDS = 2.0  # ... or this much time's
 BATCH_AUDIO_SECONDS = 600.0  # flush a model batch early once it holds this much audio
-_FAISS_MAGIC = b"AUDIOFIND-FAISS 1\n"
 
 Tags = list[tuple[str, float]]
 Progress = Callable[[dict[str, Any]], None]
@@ -157,231 +170,6 @@ def default_index_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("audiofind")) / "index"
-
-
-# ---------------------------------------------------------------- FAISS
-
-
-def choose_index_kind(n: int, threshold: int = APPROX_THRESHOLD) -> str:
-    """Exact search is fast enough below `threshold` clips; above it IVF keeps queries interactive."""
-    return "flat" if n < threshold else "ivf"
-
-
-def default_nlist(n: int) -> int:
-    """About sqrt(n) lists (with nprobe 16: recall@10 0.96-0.99 from 10^4 to 10^6 clips, BENCHMARKS.md),
-    but never fewer than ~39 training points per list."""
-    return max(1, min(int(math.sqrt(n)), n // 39))
-
-
-def build_faiss_index(
-    vectors: np.ndarray,
-    ids: np.ndarray,
-    kind: str = "flat",
-    *,
-    nlist: int | None = None,
-    nprobe: int = DEFAULT_NPROBE,
-    hnsw_m: int = 32,
-    ef_construction: int = 80,
-    ef_search: int = 64,
-    trained: faiss.Index | None = None,
-) -> faiss.Index:
-    """An inner-product index over L2-normalised `vectors` whose search returns `ids` (int64).
-
-    For "ivf", `trained` (an earlier IVF index of the same dim) lends its coarse quantizer, so a
-    rebuild after an update skips k-means; otherwise k-means runs on a subsample of the vectors.
-    """
-    import faiss
-
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
-    if vectors.ndim != 2 or len(vectors) != len(ids):
-        raise ValueError(f"need (n, dim) vectors and n ids, got {vectors.shape} and {ids.shape}")
-    dim = vectors.shape[1]
-    if kind == "flat" or (kind == "ivf" and len(vectors) == 0):
-        index = faiss.index_factory(dim, "IDMap,Flat", faiss.METRIC_INNER_PRODUCT)
-    elif kind == "ivf" and trained is not None and trained.d == dim:
-        index = faiss.clone_index(faiss.extract_index_ivf(trained))
-        index.reset()
-        index.nprobe = nprobe
-    elif kind == "ivf":
-        index = faiss.index_factory(dim, f"IVF{nlist or default_nlist(len(vectors))},Flat",
-                                    faiss.METRIC_INNER_PRODUCT)
-        index.cp.niter = 10  # quality plateaus early; training dominates the build time
-        index.cp.max_points_per_centroid = 64
-        index.train(vectors)
-        index.nprobe = nprobe
-    elif kind == "hnsw":
-        index = faiss.index_factory(dim, f"IDMap,HNSW{hnsw_m},Flat", faiss.METRIC_INNER_PRODUCT)
-        hnsw = faiss.downcast_index(index.index)
-        hnsw.hnsw.efConstruction = ef_construction
-        hnsw.hnsw.efSearch = ef_search
-    else:
-        raise ValueError(f"unknown index kind {kind!r}; use 'flat', 'ivf' or 'hnsw'")
-    if len(vectors):
-        index.add_with_ids(vectors, ids)
-    return index
-
-
-def faiss_index_kind(index: faiss.Index) -> str:
-    """'flat', 'ivf' or 'hnsw', read off a built or loaded index."""
-    import faiss
-
-    if faiss.try_extract_index_ivf(index) is not None:
-        return "ivf"
-    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
-    return "hnsw" if isinstance(inner, faiss.IndexHNSW) else "flat"
-
-
-def search_faiss(
-    index: faiss.Index,
-    queries: np.ndarray,
-    k: int,
-    *,
-    allowed_ids: np.ndarray | None = None,
-    nprobe: int | None = None,
-    ef_search: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, ids), each (n_queries, k); missing hits have id -1. `allowed_ids` restricts the candidates."""
-    import faiss
-
-    queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-    sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64)) \
-        if allowed_ids is not None else None
-    kind = faiss_index_kind(index)
-    if kind == "ivf":
-        params: Any = faiss.SearchParametersIVF(
-            sel=sel, nprobe=nprobe or faiss.extract_index_ivf(index).nprobe)
-    elif kind == "hnsw":
-        params = faiss.SearchParametersHNSW(
-            sel=sel, efSearch=max(ef_search or faiss.downcast_index(index.index).hnsw.efSearch, k))
-    else:
-        params = faiss.SearchParameters(sel=sel) if sel is not None else None
-    return index.search(queries, k, params=params)
-
-
-def _write_faiss_file(path: Path, index: faiss.Index, header: dict[str, Any]) -> None:
-    """Write atomically (temp name + os.replace) with a JSON header naming the generation it reflects."""
-    import faiss
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(_FAISS_MAGIC + json.dumps(header).encode() + b"\n")
-            f.write(faiss.serialize_index(index).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _read_faiss_file(path: Path) -> tuple[dict[str, Any], faiss.Index] | None:
-    """The header and index, or None when the file is missing or unreadable (it is only a cache)."""
-    import faiss
-
-    try:
-        data = path.read_bytes()
-        if not data.startswith(_FAISS_MAGIC):
-            return None
-        end = data.index(b"\n", len(_FAISS_MAGIC))
-        header = json.loads(data[len(_FAISS_MAGIC):end])
-        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8, offset=end + 1))
-        return header, index
-    except (OSError, ValueError, RuntimeError):
-        return None
-
-
-# ---------------------------------------------------------------- workers
-
-
-def _hash_file(path: str) -> tuple[int, int, str]:
-    """(size, mtime_ns, blake2b hex) of the bytes: the identity that survives renames and touches."""
-    with open(path, "rb") as f:
-        st = os.fstat(f.fileno())
-        digest = hashlib.blake2b(digest_size=16)
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return st.st_size, st.st_mtime_ns, digest.hexdigest()
-
-
-def _decode_file(task: tuple[str, int, float | None]) -> tuple[np.ndarray | None, Any, bool]:
-    """(wave, (duration, rate, channels), _) or (None, reason, permanent); runs in a worker, never raises.
-
-    `permanent` marks failures of the bytes themselves, not worth retrying until the file changes.
-    """
-    path, sample_rate, max_duration = task
-    try:
-        wave, info = load_audio(path, sample_rate=sample_rate, max_duration=max_duration)
-    except AudioDecodeError as e:
-        return None, e.reason, True
-    except FileNotFoundError:
-        return None, "file vanished while indexing", False
-    except OSError as e:
-        return None, f"cannot read: {e.strerror or e}", False
-    except Exception as e:  # a decoder bug on one odd file must not stop a library scan
-        return None, f"decoder error: {type(e).__name__}: {e}", True
-    if wave.size == 0:
-        return None, "no audio samples", True
-    return wave, (info.duration, info.sample_rate, info.channels), False
-
-
-def _guarded(fn: Callable[[Any], Any], item: Any) -> tuple[bool, Any]:
-    try:
-        return True, fn(item)
-    except FileNotFoundError:
-        return False, "file vanished while indexing"
-    except OSError as e:
-        return False, f"cannot read: {e.strerror or e}"
-
-
-def _bounded_map(fn: Callable[[Any], Any], items: Sequence[Any], pool: Executor | None,
-                 window: int) -> Iterator[tuple[Any, tuple[bool, Any]]]:
-    """Ordered map with at most `window` tasks in flight, so decoded audio never piles up in memory."""
-    if pool is None:
-        for item in items:
-            yield item, _guarded(fn, item)
-        return
-    it = iter(items)
-    pending: deque = deque()
-    for item in it:
-        pending.append((item, pool.submit(_guarded, fn, item)))
-        if len(pending) >= window:
-            break
-    while pending:
-        item, fut = pending.popleft()
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append((nxt, pool.submit(_guarded, fn, nxt)))
-        yield item, fut.result()
-
-
-def _limit_model_threads(busy_cores: int) -> int:
-    """Leave the decoding workers their cores: torch's threads spin-wait when they have to share one,
-    which was measured to cut mn04 throughput tenfold on two cores. Returns the previous setting."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(previous, (os.cpu_count() or 1) - busy_cores)))
-    return previous
-
-
-def _restore_model_threads(previous: int) -> None:
-    import torch
-
-    torch.set_num_threads(previous)
-
-
-def default_workers() -> int:
-    """Half the cores decode and half run the model: measured best on 2 cores (1 decoder, 1 model thread)."""
-    return max(1, (os.cpu_count() or 2) // 2)
-
-
-def _process_pool(workers: int) -> ProcessPoolExecutor:
-    """Decoding processes. Forked on Linux: a script calling `update` needs no `if __name__ == "__main__"`
-    guard (spawned workers would re-run it), and the workers touch only the decoders, never torch."""
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
 
 
 # ---------------------------------------------------------------- SQLite helpers
@@ -551,7 +339,7 @@ class Library:
         `model` may be a loaded EmbeddingModel or a name/checkpoint for `load_model`; either must match the
         model the index was built with, unless `rebuild` empties the index first (the next `update`
         re-embeds everything, e.g. after the default model changed). `index_kind` is "auto" (exact
-        below APPROX_THRESHOLD clips, IVF above), "flat", "ivf" or "hnsw".
+        below vector_index.APPROX_THRESHOLD clips, IVF above), "flat", "ivf" or "hnsw".
         """
         if index_kind not in ("auto", "flat", "ivf", "hnsw"):
             raise ValueError(f"index_kind must be auto, flat, ivf or hnsw, got {index_kind!r}")
@@ -790,7 +578,7 @@ class Library:
         to_embed: list[tuple[bytes, tuple]] = []
         pool = ThreadPoolExecutor(max(1, workers)) if workers > 0 and len(to_hash) > 1 else None
         try:
-            for path_b, (ok, result) in _bounded_map(_hash_file, [os.fsdecode(p) for p in to_hash], pool,
+            for path_b, (ok, result) in bounded_map(hash_file, [os.fsdecode(p) for p in to_hash], pool,
                                                      4 * max(1, workers)):
                 path_b = os.fsencode(path_b)
                 rec = known.get(path_b)
@@ -855,11 +643,11 @@ class Library:
 
         tasks = [(os.fsdecode(p), model.sample_rate, max_duration) for p, _ in to_embed]
         stats = dict(to_embed)
-        pool = _process_pool(workers) if workers > 0 and len(tasks) > 2 * workers else None
-        threads = _limit_model_threads(busy_cores=workers if pool else 0)
+        pool = process_pool(workers) if workers > 0 and len(tasks) > 2 * workers else None
+        threads = limit_model_threads(busy_cores=workers if pool else 0)
         try:
-            for task, (ok, result) in _bounded_map(
-                    _decode_file, tasks, pool, window=max(4, 2 * workers + batch_size // 2)):
+            for task, (ok, result) in bounded_map(
+                    decode_file, tasks, pool, window=max(4, 2 * workers + batch_size // 2)):
                 path_b = os.fsencode(task[0])
                 wave, info, permanent = result if ok else (None, result, False)
                 if wave is None:
@@ -876,7 +664,7 @@ class Library:
                     flush()
             flush()
         finally:
-            _restore_model_threads(threads)
+            restore_model_threads(threads)
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
 
@@ -931,7 +719,7 @@ class Library:
             generation = self.generation
             n = len(self)
             if prefer_file:
-                loaded = _read_faiss_file(path)
+                loaded = read_faiss_file(path)
                 if loaded is not None:
                     header, index = loaded
                     if header.get("generation") == generation and header.get("kind") == self._wanted_kind(n) \
@@ -944,7 +732,7 @@ class Library:
         index = build_faiss_index(vectors, ids, kind, nprobe=self.nprobe, trained=trained)
         self._index, self._index_generation = index, generation
         try:
-            _write_faiss_file(path, index, {"generation": generation, "kind": kind, "count": int(len(ids)),
+            write_faiss_file(path, index, {"generation": generation, "kind": kind, "count": int(len(ids)),
                                             "model_id": self._meta("model_id")})
         except OSError as e:  # a read-only index still searches; only the cache is lost
             print(f"audiofind: cannot write {path}: {e}", file=sys.stderr)
@@ -955,7 +743,7 @@ class Library:
 
         previous = self._index
         if previous is None:
-            loaded = _read_faiss_file(self.index_dir / FAISS_NAME)
+            loaded = read_faiss_file(self.index_dir / FAISS_NAME)
             previous = loaded[1] if loaded is not None else None
         ivf = faiss.try_extract_index_ivf(previous) if previous is not None else None
         if ivf is None or not ivf.is_trained:

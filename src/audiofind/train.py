@@ -21,7 +21,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +30,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
-from .audio import SAMPLE_RATE, load_audio
-from .data import CaptionedClip, load_captions_csv, load_clotho
+from .data import CaptionedClip
 from .download import file_digest
-from .dual_encoder import (
-    DualEncoder,
-    DualEncoderConfig,
-    DualEncoderModel,
-    build_model,
-    save_checkpoint,
-)
+from .dual_encoder import DualEncoder, DualEncoderModel, build_model, save_checkpoint
 from .losses import (
     ContrastiveLoss,
-    LossConfig,
     NeighbourBatchSampler,
     TeacherBank,
     gather_no_grad,
@@ -52,272 +44,27 @@ from .losses import (
 )
 from .metrics import retrieval_metrics
 
+# Config and data live in train_config / train_data; re-exported here for `from audiofind.train import ...`.
+from .train_config import (  # noqa: F401
+    AugmentConfig,
+    DataConfig,
+    OptimConfig,
+    TrainConfig,
+    apply_overrides,
+    as_config,
+    load_config,
+)
+from .train_data import (  # noqa: F401
+    CaptionDataset,
+    WaveDataset,
+    augment_caption,
+    collate,
+    crop_or_pad,
+    load_split,
+    mixup,
+)
+
 log = logging.getLogger("audiofind.train")
-
-# ---------------------------------------------------------------- configuration
-
-
-@dataclass
-class DataConfig:
-    """Where the captioned clips come from and how they are batched."""
-
-    clotho_root: str | None = None  # folder with clotho_captions_<split>.csv and <split>/ audio
-    train_split: str = "development"
-    val_split: str | None = "validation"  # None: no validation (best.pt = latest epoch)
-    train_csv: str | None = None  # instead of Clotho: CSV of audio_path,caption rows
-    val_csv: str | None = None
-    audio_root: str | None = None  # base folder for relative paths in the CSVs
-    items: str = "clips"  # "clips": one random caption per clip per epoch; "captions": every pair once
-    batch_size: int = 32  # global: split across DDP processes, so a recipe means the same on any GPU count
-    num_workers: int = 2
-    val_batch_size: int = 16  # windows per forward pass when embedding validation clips
-    max_val_clips: int | None = None  # cap for quick checks
-
-
-@dataclass
-class AugmentConfig:
-    """Light augmentation; everything off but the random crop by default."""
-
-    random_crop: bool = True  # crop long clips at a random offset (else from the start)
-    gain_db: float = 0.0  # random gain in [-gain_db, +gain_db]
-    mixup_prob: float = 0.0  # share of batch items replaced by a 50/50 mix with another item, captions joined
-    word_dropout: float = 0.0  # probability of dropping each caption word
-    word_swap: float = 0.0  # probability of swapping one random pair of neighbouring words
-
-
-@dataclass
-class OptimConfig:
-    """AdamW with linear warm-up then cosine decay, stepped per optimizer step."""
-
-    lr: float = 1e-4  # heads: pooling, projections, temperature
-    audio_lr: float | None = None  # audio backbone; None = lr
-    text_lr: float | None = None  # text backbone; None = lr
-    weight_decay: float = 0.01  # not applied to biases and norm weights
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    warmup_epochs: float = 1.0
-    decay_epochs: float | None = (
-        None  # length of the cosine after warm-up (then flat at the floor); None = to the end
-    )
-    min_lr_ratio: float = 0.0  # cosine floor as a fraction of each group's peak
-    grad_accum: int = 1  # micro-batches per optimizer step
-    clip_grad_norm: float = 0.0  # 0 = off
-
-
-@dataclass
-class TrainConfig:
-    """A whole training run; YAML files and key=value overrides map onto these fields."""
-
-    model: DualEncoderConfig = field(default_factory=DualEncoderConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    run_dir: str = "runs/dual-encoder"
-    epochs: int = 10
-    freeze_audio_epochs: int = 0  # keep the audio backbone frozen (and in eval mode) for the first N epochs
-    freeze_text_epochs: int = 0
-    freeze_batchnorm: bool = False  # audio backbone BatchNorm in eval mode throughout (small batches)
-    precision: str = "auto"  # "auto" (bf16 on CUDA if supported, else fp16; fp32 on CPU) | bf16 | fp16 | fp32
-    device: str = "auto"  # "auto" | "cpu" | "cuda"
-    seed: int = 0
-    resume: Any = "auto"  # "auto": resume when run_dir has last.pt; true: require it; false: start afresh
-    log_every: int = 10  # optimizer steps between log lines / TensorBoard points
-    eval_every: int = 1  # epochs between validations
-    select_metric: str = "mAP@10"  # validation metric that picks best.pt
-    find_unused_parameters: bool = False  # DDP option, for backbones with layers outside the loss
-
-
-def _from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
-    """Nested dataclass from a dict, refusing unknown keys and coercing YAML strings like 2e-5 to numbers."""
-    if not isinstance(values, dict):
-        raise ValueError(f"config section {where or 'root'} must be a mapping, got {values!r}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(
-            f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
-            f"known in {where or 'root'}: {', '.join(sorted(known))}"
-        )
-    kwargs = {}
-    for name, value in values.items():
-        f = known[name]
-        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-        if is_dataclass(default):
-            kwargs[name] = _from_dict(type(default), value or {}, f"{where}{name}.")
-        else:
-            kwargs[name] = _coerce(value, str(f.type), where + name)
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, annotation: str, key: str) -> Any:
-    """Numbers given as text (PyYAML reads 2e-5 as a string) become numbers when the field wants one."""
-    if not isinstance(value, str) or "str" in annotation:
-        if "float" in annotation and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        return value
-    try:
-        if "float" in annotation:
-            return float(value)
-        if "int" in annotation:
-            return int(value)
-    except ValueError:
-        raise ValueError(f"config key {key}: expected a number, got {value!r}") from None
-    return value
-
-
-def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply dotted key=value overrides (values parsed as YAML) to a nested dict."""
-    import yaml
-
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-4)")
-        node = values
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {part} is not a section")
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
-    return values
-
-
-def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config (or none: defaults) and apply overrides."""
-    import yaml
-
-    values: dict[str, Any] = {}
-    if path is not None:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    return _from_dict(TrainConfig, apply_overrides(values, list(overrides or [])))
-
-
-def as_config(config: TrainConfig | dict[str, Any]) -> TrainConfig:
-    return config if isinstance(config, TrainConfig) else _from_dict(TrainConfig, config)
-
-
-# ---------------------------------------------------------------- data
-
-
-def augment_caption(text: str, generator: torch.Generator | None, dropout: float, swap: float) -> str:
-    """Random word dropout (keeping at least one word) and one random swap of neighbouring words."""
-    words = text.split()
-    if dropout > 0 and len(words) > 1:
-        keep = [w for w in words if torch.rand((), generator=generator).item() >= dropout]
-        words = keep or [words[int(torch.randint(len(words), (), generator=generator))]]
-    if swap > 0 and len(words) > 1 and torch.rand((), generator=generator).item() < swap:
-        i = int(torch.randint(len(words) - 1, (), generator=generator))
-        words[i], words[i + 1] = words[i + 1], words[i]
-    return " ".join(words)
-
-
-def crop_or_pad(wave: np.ndarray, length: int, random_offset: bool) -> np.ndarray:
-    """Exactly `length` samples: a (random) crop of a long clip, a short one repeated to fill the window.
-
-    Repeating rather than zero-padding keeps a short sound's frame statistics what inference sees, since
-    inference embeds short clips at their natural length.
-    """
-    if len(wave) > length:
-        start = int(torch.randint(len(wave) - length + 1, ())) if random_offset else 0
-        return wave[start : start + length]
-    if len(wave) == 0:
-        return np.zeros(length, np.float32)
-    return np.resize(wave, length)
-
-
-class CaptionDataset(Dataset):
-    """Training items: (wave cropped/padded to window_s, one caption, clip index, caption index)."""
-
-    def __init__(
-        self,
-        clips: list[CaptionedClip],
-        window_s: float,
-        items: str = "clips",
-        augment: AugmentConfig | None = None,
-    ) -> None:
-        if items not in ("clips", "captions"):
-            raise ValueError(f"data.items must be 'clips' or 'captions', not {items!r}")
-        self.clips, self.augment = clips, augment or AugmentConfig()
-        self.length = round(window_s * SAMPLE_RATE)
-        self.offsets = np.concatenate([[0], np.cumsum([len(c.captions) for c in clips])]).astype(int)
-        self.index = (
-            [(c, None) for c in range(len(clips))]
-            if items == "clips"
-            else [(c, k) for c, clip in enumerate(clips) for k in range(len(clip.captions))]
-        )
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def item_clips(self) -> list[int]:
-        return [c for c, _ in self.index]
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        c, k = self.index[i]
-        clip, aug = self.clips[c], self.augment
-        if k is None:
-            k = int(torch.randint(len(clip.captions), ()))
-        limit = None if aug.random_crop else self.length / SAMPLE_RATE
-        wave, _ = load_audio(clip.audio_path, max_duration=limit)
-        wave = crop_or_pad(wave, self.length, aug.random_crop)
-        if aug.gain_db > 0:
-            wave = wave * 10 ** ((torch.rand(()).item() * 2 - 1) * aug.gain_db / 20)
-        caption = augment_caption(clip.captions[k], None, aug.word_dropout, aug.word_swap)
-        return {
-            "wave": torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)),
-            "caption": caption,
-            "clip": c,
-            "caption_id": int(self.offsets[c] + k),
-        }
-
-
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "wave": torch.stack([it["wave"] for it in items]),
-        "caption": [it["caption"] for it in items],
-        "clip": torch.tensor([it["clip"] for it in items]),
-        "caption_id": torch.tensor([it["caption_id"] for it in items]),
-    }
-
-
-class WaveDataset(Dataset):
-    """Whole clips for validation and teacher embedding, decoded in DataLoader workers."""
-
-    def __init__(self, clips: list[CaptionedClip]) -> None:
-        self.clips = clips
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return load_audio(self.clips[i].audio_path)[0]
-
-
-def load_split(data: DataConfig, which: str) -> list[CaptionedClip]:
-    """Training or validation clips, from Clotho or a captions CSV; [] when that split is not set."""
-    csv_path = data.train_csv if which == "train" else data.val_csv
-    split = data.train_split if which == "train" else data.val_split
-    if csv_path:
-        return load_captions_csv(csv_path, data.audio_root, split=which)
-    if data.clotho_root and split:
-        return load_clotho(data.clotho_root, split)
-    if which == "train":
-        raise ValueError("no training data: set data.clotho_root (Clotho) or data.train_csv (your own CSV)")
-    return []
-
-
-def mixup(batch: dict[str, Any], prob: float) -> Tensor:
-    """Replace some items by a 50/50 mix with another item (captions joined); returns which were mixed."""
-    n = len(batch["caption"])
-    mixed = torch.rand(n) < prob if n > 1 else torch.zeros(n, dtype=torch.bool)
-    for i in mixed.nonzero().flatten().tolist():
-        j = (i + int(torch.randint(1, n, ()))) % n
-        batch["wave"][i] = 0.5 * (batch["wave"][i] + batch["wave"][j])
-        batch["caption"][i] = f"{batch['caption'][i].rstrip('. ')} and {batch['caption'][j]}"
-    return mixed
-
 
 # ---------------------------------------------------------------- processes and devices
 
