@@ -455,3 +455,27 @@ def test_faiss_kinds_agree_with_exact_search():
     assert choose_index_kind(1000) == "flat" and choose_index_kind(10**6) == "ivf"
     empty = build_faiss_index(np.zeros((0, 8), np.float32), np.zeros(0, np.int64), "ivf")
     assert empty.ntotal == 0
+
+
+def test_one_hour_recording_is_indexed_whole(tmp_path, model):
+    """A long field recording is windowed end to end: a tone in its last minutes still tags and ranks it."""
+    rate = 8_000
+    hour = tmp_path / "sounds" / "field recording (one hour).wav"
+    hour.parent.mkdir()
+    with sf.SoundFile(hour, "w", samplerate=rate, channels=1, subtype="PCM_16") as f:
+        rng = np.random.default_rng(3)
+        for minute in range(60):
+            t = np.arange(60 * rate) / rate
+            block = 0.01 * rng.standard_normal(60 * rate)  # quiet room tone ...
+            if minute >= 55:  # ... then five minutes of a steady 440 Hz tone
+                block += 0.5 * np.sin(2 * np.pi * 440 * t)
+            f.write(block.astype(np.float32))
+    birds = SHARED / "data" / "sfx-dev" / "widelands" / "data" / "sound" / "animals" / "bird1_00.ogg"
+    shutil.copy(birds, tmp_path / "sounds" / "birds.ogg")
+
+    with Library.open(tmp_path / "index", model, create=True) as lib:
+        report = lib.update([hour.parent], workers=1, progress=False)
+        assert report.added == 2 and not report.skipped
+        rec = next(lib.clip(r.id) for r in lib.search("a steady pure tone", k=2))
+        assert rec.path == str(hour) and rec.duration == pytest.approx(3600.0)
+        assert "Sine wave" in [label for label, _ in rec.tags[:3]]
