@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sfxdev import Clip, load_manifest, split_by_package  # noqa: E402
+from sfxdev import Clip, load_manifest, load_queries, split_by_package  # noqa: E402
 
 from audiofind.train import load_config, train  # noqa: E402
 
@@ -34,16 +34,27 @@ def weak_captions(clip: Clip) -> list[str]:
     return captions
 
 
-def write_captions(path: Path, sfx: Path, clips: list[Clip]) -> int:
+def write_captions(path: Path, sfx: Path, clips: list[Clip], captions: dict[str, list[str]]) -> int:
     rows = 0
     with open(path, "w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
         out.writerow(["audio_path", "caption"])
         for clip in clips:
-            for caption in weak_captions(clip):
+            for caption in captions[clip.rel_path]:
                 out.writerow([str((sfx / clip.rel_path).resolve()), caption])
                 rows += 1
     return rows
+
+
+def caption_sets(clips: list[Clip], kind: str) -> dict[str, list[str]]:
+    """Per clip: its weak file-name captions, or the descriptive benchmark queries it is relevant to."""
+    by_clip = {c.rel_path: weak_captions(c) if kind in ("weak", "both") else [] for c in clips}
+    if kind in ("queries", "both"):
+        queries, relevant = load_queries(clips=clips)
+        for query, rel in zip(queries, relevant):
+            for i in rel:
+                by_clip[clips[i].rel_path].append(query)
+    return by_clip
 
 
 def main() -> None:
@@ -52,18 +63,22 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("bench-out/finetune"))
     default_config = Path(__file__).resolve().parents[1] / "configs" / "clotho_mn04_minilm.yaml"
     ap.add_argument("--config", default=str(default_config))
+    ap.add_argument("--captions", choices=["weak", "queries", "both"], default="weak",
+                    help="training captions: file-name labels, the descriptive queries of the training "
+                         "packages' clips, or both")
     ap.add_argument("overrides", nargs="*", help="extra key=value training overrides")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
     clips = load_manifest(args.sfx)
     train_idx, _ = split_by_package(clips)
-    train_clips = [clips[i] for i in train_idx if weak_captions(clips[i])]
+    captions = caption_sets(clips, args.captions)
+    train_clips = [clips[i] for i in train_idx if captions[clips[i].rel_path]]
     random.Random(0).shuffle(train_clips)
     n_val = max(50, len(train_clips) // 10)
     train_csv, val_csv = args.work / "train.csv", args.work / "val.csv"
-    n_train_rows = write_captions(train_csv, args.sfx, train_clips[n_val:])
-    write_captions(val_csv, args.sfx, train_clips[:n_val])
+    n_train_rows = write_captions(train_csv, args.sfx, train_clips[n_val:], captions)
+    write_captions(val_csv, args.sfx, train_clips[:n_val], captions)
 
     overrides = [
         f"data.train_csv={train_csv}", f"data.val_csv={val_csv}", "data.clotho_root=null",
@@ -73,7 +88,7 @@ def main() -> None:
     t0 = time.perf_counter()
     best = train(load_config(args.config, overrides))
     train_s = time.perf_counter() - t0
-    print(f"trained on {len(train_clips) - n_val} clips ({n_train_rows} weak captions) "
+    print(f"trained on {len(train_clips) - n_val} clips ({n_train_rows} {args.captions} captions) "
           f"in {train_s / 60:.1f} min: {best}")
 
     quality = [sys.executable, str(Path(__file__).with_name("bench_quality.py")), "--sfx", str(args.sfx),
