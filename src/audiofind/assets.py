@@ -14,7 +14,8 @@ from pathlib import Path
 
 import platformdirs
 
-from audiofind.download import fetch_resumable, file_digest, offline
+from .download import fetch_resumable, file_digest, offline
+from .paths import printable_path
 
 try:
     import fcntl
@@ -125,7 +126,7 @@ def resolve_asset(name: str, download: bool | None = None) -> Path:
             return path
         if folder != cache:
             raise AssetChecksumError(
-                f"'{_show(path)}' is not the expected {name}: {problem}. "
+                f"'{printable_path(path)}' is not the expected {name}: {problem}. "
                 f"Replace it with the file from {asset.url} or remove it."
             )
         path.unlink(missing_ok=True)  # our own copy went bad: fetch it again
@@ -137,11 +138,6 @@ def resolve_asset(name: str, download: bool | None = None) -> Path:
 
 
 # ---------------------------------------------------------------- checking
-
-
-def _show(path: Path) -> str:
-    """Printable path, even when the name is not valid UTF-8."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _records_path() -> Path:
@@ -195,7 +191,7 @@ def _problem(asset: Asset, path: Path) -> str | None:
     digest = _digest(path)
     if asset.sha256 is None:
         warnings.warn(
-            f"'{_show(path)}' is used unverified: no sha256 is known for {asset.name} "
+            f"'{printable_path(path)}' is used unverified: no sha256 is known for {asset.name} "
             f"(this file's sha256 is {digest})",
             UnverifiedAssetWarning,
             stacklevel=3,
@@ -215,9 +211,9 @@ def _instructions(asset: Asset, why: str) -> str:
         [
             f"{asset.name} is needed but was not found, and {why}.",
             "Searched:",
-            *(f"  {_show(d)}" for d in dirs),
+            *(f"  {printable_path(d)}" for d in dirs),
             f"Download it from {asset.url} ({check}{size}; licence {asset.licence})",
-            f"and put it in {_show(dirs[-1])},",
+            f"and put it in {printable_path(dirs[-1])},",
             "or in a folder named by the environment variable AUDIOFIND_ASSETS"
             f" (several folders: separate them with '{os.pathsep}').",
         ]
@@ -262,7 +258,7 @@ def _download(asset: Asset, cache: Path) -> Path:
             raise AssetChecksumError(
                 f"the download of {asset.name} from {asset.url} is corrupt or has changed upstream: "
                 f"sha256 {digest}, expected {asset.sha256}. The partial file was deleted; try again, "
-                f"or put a good copy in {_show(cache)} or a folder named by AUDIOFIND_ASSETS."
+                f"or put a good copy in {printable_path(cache)} or a folder named by AUDIOFIND_ASSETS."
             )
         os.replace(part, final)
         _remember(final, digest)

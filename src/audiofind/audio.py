@@ -15,6 +15,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .paths import printable_path
+
 SAMPLE_RATE = 32_000
 
 # Suffixes the library indexer picks up: libsndfile reads the first two groups, PyAV (optional) the rest.
@@ -31,18 +33,13 @@ _CODEC_PADDING = 4096  # frames an encoder may pad past the declared end (AAC pa
 _MAX_PREALLOC = 1 << 31  # output samples (8 GiB) beyond which a header is not trusted for preallocation
 
 
-def _display(path: PathLike) -> str:
-    """Printable form of a path, even when its bytes are not valid UTF-8."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 class AudioDecodeError(ValueError):
     """An audio file could not be decoded; says which file and why, so a library scan can report and go on."""
 
     def __init__(self, path: PathLike, reason: str):
         self.path = Path(os.fsdecode(path))
         self.reason = reason
-        super().__init__(f"cannot decode audio file '{_display(path)}': {reason}")
+        super().__init__(f"cannot decode audio file '{printable_path(path)}': {reason}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Keep the exception picklable (DataLoader workers send it across processes)."""

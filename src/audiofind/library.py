@@ -40,6 +40,7 @@ from .indexing_workers import (
     process_pool,
     restore_model_threads,
 )
+from .paths import display_path
 from .vector_index import (
     DEFAULT_NPROBE,
     build_faiss_index,
@@ -155,11 +156,6 @@ class UpdateReport:
         d["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
         d["realtime_factor"] = round(self.realtime_factor, 2)
         return d
-
-
-def display_path(path: str | bytes) -> str:
-    """A printable path: undecodable bytes become U+FFFD instead of breaking JSON or the terminal."""
-    return os.fsencode(path).decode("utf-8", "replace")
 
 
 def default_index_dir() -> Path:
