@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sfxdev import load_manifest, load_queries  # noqa: E402
 
 from audiofind.audio import load_audio  # noqa: E402
-from audiofind.metrics import retrieval_metrics  # noqa: E402
-from audiofind.zeroshot import ZeroShotConfig, ZeroShotModel, pool_windows  # noqa: E402
+from audiofind.models.zeroshot import ZeroShotConfig, ZeroShotModel, pool_windows  # noqa: E402
+from audiofind.research.metrics import retrieval_metrics  # noqa: E402
 
 
 def window_probs(model: ZeroShotModel, paths: list[Path], cache: Path) -> list[np.ndarray]:

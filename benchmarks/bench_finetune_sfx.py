@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sfxdev import Clip, load_manifest, load_queries, split_by_package  # noqa: E402
 
-from audiofind.train import load_config, train  # noqa: E402
+from audiofind.research.train import load_config, train  # noqa: E402
 
 
 def weak_captions(clip: Clip) -> list[str]:

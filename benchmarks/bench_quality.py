@@ -36,7 +36,7 @@ from sfxdev import (  # noqa: E402
     split_by_package,
 )
 
-from audiofind.metrics import retrieval_metrics  # noqa: E402
+from audiofind.research.metrics import retrieval_metrics  # noqa: E402
 
 TABLE_METRICS = ("R@1", "R@5", "R@10", "mAP@10")
 METHODS = ("zero-shot", "keyword", "keyword-path", "random")

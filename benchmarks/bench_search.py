@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sfxdev import load_manifest, load_queries  # noqa: E402
 
 from audiofind.audio import load_audio  # noqa: E402
-from audiofind.model import load_model  # noqa: E402
-from audiofind.vector_index import build_faiss_index, default_nlist, search_faiss  # noqa: E402
+from audiofind.library.vector_index import build_faiss_index, default_nlist, search_faiss  # noqa: E402
+from audiofind.models import load_model  # noqa: E402
 
 
 def real_clip_vectors(model, paths: list[Path], cache: Path) -> np.ndarray:

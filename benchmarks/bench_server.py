@@ -82,7 +82,7 @@ def serve_command(index_dir: Path, port: int, extra: Sequence[str] = ()) -> list
     base = (
         ["audiofind"]
         if probe is not None and probe.returncode == 0
-        else [sys.executable, "-m", "audiofind.cli_serve"]
+        else [sys.executable, "-m", "audiofind.cli.serve"]
     )
     return [*base, "serve", "--index", str(index_dir), "--host", "127.0.0.1", "--port", str(port), *extra]
 

@@ -22,7 +22,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from audiofind.train import load_config, train
+from audiofind.research.train import load_config, train
 
 CLOTHO_DEV_CLIPS = 3_839
 CAPTIONS_PER_CLIP = 5

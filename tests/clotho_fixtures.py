@@ -5,7 +5,7 @@ Import it from any test module (pytest puts tests/ on sys.path):
     from clotho_fixtures import make_clotho_tree
 
     tree = make_clotho_tree(tmp_path / "clotho")          # 4 clips per split, all three splits
-    clips = audiofind.data.load_clotho(tree.root, "evaluation")
+    clips = audiofind.research.data.load_clotho(tree.root, "evaluation")
 
 make_clotho_tree(root, n_per_split=4, *, splits=SPLITS, seconds=(1.0, 3.0), sample_rate=44_100,
                  disk_names="mixed", real_names=True, shared=None) -> ClothoTree

@@ -162,8 +162,8 @@ def test_kill_9_midway_then_resume(tmp_path):
     for i, rel in enumerate(short):
         shutil.copyfile(SFX / rel, sounds / f"clip_{i:03d}{Path(rel).suffix}")
     driver = (
-        "import sys, audiofind.library as L\n"
-        "L.COMMIT_EVERY_FILES = 2\n"
+        "import sys, audiofind.library as L, audiofind.library.store as store\n"
+        "store.COMMIT_EVERY_FILES = 2\n"
         "lib = L.Library.open(sys.argv[1], create=True)\n"
         "lib.update([sys.argv[2]], workers=1, batch_size=2, progress=False)\n"
     )

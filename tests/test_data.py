@@ -17,21 +17,23 @@ from clotho_fixtures import ClothoTree, make_clotho_archives, make_clotho_tree, 
 from http_fixtures import RangeServer, serve
 from typer.testing import CliRunner
 
-from audiofind import data
-from audiofind.cli_data import data_app
-from audiofind.data import (
+from audiofind.cli.data import data_app
+from audiofind.research import data, downloads
+from audiofind.research.data import (
     CaptionedClip,
-    ChecksumError,
     DatasetError,
-    DownloadError,
-    RemoteFile,
-    adopt_clotho,
-    download_clotho,
     filter_excluded,
     load_captions_csv,
     load_clotho,
     load_excluded_freesound_ids,
     load_multi_positive,
+)
+from audiofind.research.downloads import (
+    ChecksumError,
+    DownloadError,
+    RemoteFile,
+    adopt_clotho,
+    download_clotho,
 )
 
 SHARED_CLOTHO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clotho"
@@ -88,8 +90,8 @@ def zenodo(_server: FakeZenodo, monkeypatch: pytest.MonkeyPatch) -> FakeZenodo:
         name: RemoteFile(name, f"https://example.invalid/{name}", hashlib.md5(body).hexdigest(), len(body))
         for name, body in _server.files.items()
     }
-    monkeypatch.setattr(data, "CLOTHO_V21_FILES", registry)
-    monkeypatch.setattr(data, "_RETRY_DELAY_S", 0.0)
+    monkeypatch.setattr(downloads, "CLOTHO_V21_FILES", registry)
+    monkeypatch.setattr(downloads, "_RETRY_DELAY_S", 0.0)
     return _server
 
 
@@ -103,7 +105,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> ClothoTree:
 
 
 def test_registry_lists_the_nine_release_files_with_md5s() -> None:
-    files = data.CLOTHO_V21_FILES
+    files = downloads.CLOTHO_V21_FILES
     assert set(files) == {n for s in data.SPLITS for n in data.clotho_files(s).values()}
     for f in files.values():
         assert re.fullmatch(r"[0-9a-f]{32}", f.md5)
@@ -133,7 +135,7 @@ def test_download_extract_and_skip_on_rerun(zenodo: FakeZenodo, release, tmp_pat
         clips = load_clotho(root, split)
         assert [c.file_name for c in clips] == tree.files(split)
         assert all(c.audio_path.is_file() and c.audio_path.parent == root / split for c in clips)
-        assert (root / split / data.MARKER_NAME).is_file()
+        assert (root / split / downloads.MARKER_NAME).is_file()
     assert not list(root.glob("*.7z")) and not list(root.glob("*.part"))
     assert not list(root.glob(".*.extracting"))
     zenodo.requests.clear()
@@ -207,11 +209,11 @@ def test_a_whole_part_file_is_finished_without_refetching(
     zenodo: FakeZenodo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     name = "clotho_captions_evaluation.csv"
-    registry = dict(data.CLOTHO_V21_FILES)
+    registry = dict(downloads.CLOTHO_V21_FILES)
     registry[name] = RemoteFile(name, registry[name].url, registry[name].md5, None)  # size unknown
-    monkeypatch.setattr(data, "CLOTHO_V21_FILES", registry)
+    monkeypatch.setattr(downloads, "CLOTHO_V21_FILES", registry)
     (tmp_path / (name + ".part")).write_bytes(zenodo.files[name])
-    data.fetch_file(registry[name], tmp_path, zenodo.url, progress=False)
+    downloads.fetch_file(registry[name], tmp_path, zenodo.url, progress=False)
     assert zenodo.asked(name) == [f"bytes={len(zenodo.files[name])}-"]  # answered 416
     assert (tmp_path / name).read_bytes() == zenodo.files[name]
 
@@ -219,7 +221,7 @@ def test_a_whole_part_file_is_finished_without_refetching(
 def test_no_disk_space_fails_before_downloading(
     zenodo: FakeZenodo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(data.shutil, "disk_usage", lambda _: SimpleNamespace(total=1, used=1, free=0))
+    monkeypatch.setattr(downloads.shutil, "disk_usage", lambda _: SimpleNamespace(total=1, used=1, free=0))
     with pytest.raises(OSError, match=r"not enough disk space .* clotho_captions_validation\.csv"):
         download_clotho(tmp_path, ["validation"], zenodo.url, progress=False)
     assert zenodo.requests == []
@@ -236,7 +238,7 @@ def test_a_complete_layout_needs_no_archive(zenodo: FakeZenodo, tmp_path: Path) 
     own = make_clotho_tree(tmp_path / "own", 2, splits=("validation",), seconds=(0.5, 0.5))
     download_clotho(own.root, ["validation"], zenodo.url, progress=False)
     assert zenodo.requests == []
-    assert '"source": "existing"' in (own.root / "validation" / data.MARKER_NAME).read_text()
+    assert '"source": "existing"' in (own.root / "validation" / downloads.MARKER_NAME).read_text()
 
 
 # ---------------------------------------------------------------- loading Clotho
@@ -295,11 +297,11 @@ def test_load_clotho_explains_an_absent_split(tmp_path: Path) -> None:
 def test_adopt_accepts_the_layout_and_reports_problems(tmp_path: Path) -> None:
     own = make_clotho_tree(tmp_path / "c", 2, seconds=(0.5, 0.5))
     assert adopt_clotho(own.root) == own.root
-    assert data.layout_complete(own.root)
+    assert downloads.layout_complete(own.root)
     own.clips[0].audio_path.unlink()
     with pytest.warns(UserWarning, match=r"development: 1 of 2 audio files are missing"):
         adopt_clotho(own.root)
-    assert not data.layout_complete(own.root)
+    assert not downloads.layout_complete(own.root)
     (own.root / "clotho_captions_validation.csv").unlink()
     with pytest.raises(FileNotFoundError, match=r"validation: captions file .* is missing"):
         adopt_clotho(own.root, ["validation", "evaluation"])
@@ -315,7 +317,7 @@ def test_the_real_clotho_csvs_parse(tmp_path: Path) -> None:
             name = data.clotho_files(split)[kind]
             (tmp_path / name).symlink_to(SHARED_CLOTHO / name)
         (tmp_path / split).mkdir()
-    report = data.clotho_report(tmp_path)
+    report = downloads.clotho_report(tmp_path)
     assert {s: r.clips for s, r in report.items()} == {
         "development": 3839,
         "validation": 1045,

@@ -10,16 +10,16 @@ import torch
 
 from audiofind.assets import resolve_asset
 from audiofind.audio import load_audio
-from audiofind.encoders.efficientat import (
+from audiofind.models import load_model
+from audiofind.models.encoders.efficientat import (
     MobileNetTagger,
     kaldi_mel_banks,
     make_divisible,
     receptive_frames,
 )
-from audiofind.encoders.text import TextEncoder
-from audiofind.model import load_model
-from audiofind.tagging import AudioSetVocabulary
-from audiofind.zeroshot import ZeroShotConfig, ZeroShotModel, pool_windows
+from audiofind.models.encoders.text import TextEncoder
+from audiofind.models.tagging import AudioSetVocabulary
+from audiofind.models.zeroshot import ZeroShotConfig, ZeroShotModel, pool_windows
 
 SR = 32_000
 

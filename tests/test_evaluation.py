@@ -16,10 +16,10 @@ import typer
 from clotho_fixtures import make_clotho_tree, write_multi_positive_csv
 from typer.testing import CliRunner
 
-from audiofind import cli_eval
-from audiofind import evaluation as ev
-from audiofind.metrics import evaluate_score_file, read_score_file
-from audiofind.model import AudioEmbeddings
+from audiofind.cli import evaluate as cli_eval
+from audiofind.models import AudioEmbeddings
+from audiofind.research import evaluation as ev
+from audiofind.research.metrics import evaluate_score_file, read_score_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("AUDIOFIND_ASSETS", str(REPO_ROOT.parent / "shared" / "assets"))
@@ -55,7 +55,7 @@ def real_eval(clotho_dir: Path) -> tuple[list[str], list[str], list[list[str]]]:
 @pytest.fixture(scope="module")
 def model(assets_dir: Path):
     """The real default model, loaded once for the module."""
-    from audiofind.model import load_model
+    from audiofind.models import load_model
 
     return load_model()
 
@@ -80,9 +80,9 @@ def tree(tmp_path_factory: pytest.TempPathFactory):
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
-    """Run `python -m audiofind.cli_eval ...` as an outside check would."""
+    """Run `python -m audiofind.cli.evaluate ...` as an outside check would."""
     return subprocess.run(
-        [sys.executable, "-m", "audiofind.cli_eval", *map(str, args)],
+        [sys.executable, "-m", "audiofind.cli.evaluate", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -377,7 +377,7 @@ class ToyModel:
 
 
 def test_toy_model_embeddings_similarities_and_protocols(tmp_path: Path, tone_file) -> None:
-    from audiofind.data import CaptionedClip
+    from audiofind.research.data import CaptionedClip
 
     lengths = [1.0, 2.0, 3.0, 4.0, 5.0]
     clips = [

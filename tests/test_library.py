@@ -23,14 +23,16 @@ from audiofind.library import (  # noqa: E402
     IndexNotFoundError,
     Library,
     ModelMismatchError,
+    core,
+    updater,
 )
-from audiofind.model import AudioEmbeddings, load_model  # noqa: E402
-from audiofind.vector_index import (  # noqa: E402
+from audiofind.library.vector_index import (  # noqa: E402
     build_faiss_index,
     choose_index_kind,
     faiss_index_kind,
     search_faiss,
 )
+from audiofind.models import AudioEmbeddings, load_model  # noqa: E402
 
 SFX = SHARED / "data" / "sfx-dev"
 SR = 32_000
@@ -265,10 +267,10 @@ def test_cli_search_table_and_json(built, monkeypatch):
     """The single-query CLI path, in-process with the already-loaded model (test_cli runs the rest)."""
     from typer.testing import CliRunner
 
-    from audiofind.cli import app
+    from audiofind.cli.main import app
 
     lib, _, sounds = built
-    monkeypatch.setattr(libmod, "_load_model", lambda name: lib.model)
+    monkeypatch.setattr(core, "_load_model", lambda name: lib.model)
     runner = CliRunner()
     table = runner.invoke(app, ["search", "a pure sine wave tone", "--index", str(lib.index_dir), "-k", "3"])
     assert table.exit_code == 0, table.output
@@ -387,14 +389,14 @@ def test_bad_files_are_skipped_with_reasons(tmp_path, model, monkeypatch):
     os.close(fd)
     doomed = write_wav(sounds / "doomed.wav", tone(1200, 1.0))
 
-    real_scan = Library._scan
+    real_scan = updater.scan_roots
 
-    def scan_then_delete(self, roots, report):
-        found = real_scan(self, roots, report)
+    def scan_then_delete(roots, report):
+        found = real_scan(roots, report)
         doomed.unlink()  # vanishes between listing and reading
         return found
 
-    monkeypatch.setattr(Library, "_scan", scan_then_delete)
+    monkeypatch.setattr(updater, "scan_roots", scan_then_delete)
     lib = Library.open(tmp_path / "index", model, create=True)
     report = lib.update([sounds], workers=2, progress=False)
     skipped = dict((Path(p).name, reason) for p, reason in report.skipped)
@@ -416,7 +418,7 @@ def test_bad_files_are_skipped_with_reasons(tmp_path, model, monkeypatch):
     def no_decoding(task):
         raise AssertionError(f"{task[0]} was decoded again")
 
-    monkeypatch.setattr(libmod, "decode_file", no_decoding)
+    monkeypatch.setattr(updater, "decode_file", no_decoding)
     rerun = lib.update([sounds], workers=0, progress=False)  # known-bad files are not retried
     assert rerun.unchanged == 3 and len(rerun.skipped) == 3 and len(lib) == 3
     assert dict(rerun.skipped) == {p: r for p, r in report.skipped if not p.endswith("doomed.wav")}

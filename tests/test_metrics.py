@@ -1,4 +1,4 @@
-"""Tests for audiofind.metrics: hand-worked cases, a literal brute-force reference on the real
+"""Tests for audiofind.research.metrics: hand-worked cases, a literal brute-force reference on the real
 DCASE 2025 annotation file, and the challenge score/annotation file readers."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiofind.metrics import (
+from audiofind.research.metrics import (
     average_precision_at_k,
     evaluate_score_file,
     mean_average_precision_at_k,

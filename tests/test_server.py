@@ -19,9 +19,10 @@ import pytest
 
 os.environ.setdefault("AUDIOFIND_ASSETS", str(Path(__file__).resolve().parents[2] / "shared" / "assets"))
 
-from audiofind.clip_streaming import parse_range  # noqa: E402
 from audiofind.library import DB_NAME, FAISS_NAME, Library  # noqa: E402
-from audiofind.server import Limits, check_bind, create_app, is_loopback  # noqa: E402
+from audiofind.server.app import Limits, create_app  # noqa: E402
+from audiofind.server.security import check_bind, is_loopback  # noqa: E402
+from audiofind.server.streaming import parse_range  # noqa: E402
 
 # 20 short, clearly labelled clips from sfx-dev (relative to it), copied to <lib>/<source>/<name>.
 CLIPS = [
@@ -57,7 +58,7 @@ CORS_ORIGIN = "http://app.example"
 @functools.cache
 def shared_model() -> Any:
     """One model per test process: the index builder and every server share it (loading is slow)."""
-    from audiofind.model import load_model
+    from audiofind.models import load_model
 
     return load_model()
 
@@ -653,7 +654,7 @@ def test_serve_command_refuses_public_address_without_token(tmp_path: Path) -> N
     import typer
     from typer.testing import CliRunner
 
-    from audiofind.cli_serve import register
+    from audiofind.cli.serve import register
 
     app = typer.Typer()
     register(app)

@@ -18,7 +18,7 @@ import torch
 import yaml
 from clotho_fixtures import make_clotho_tree
 
-from audiofind.losses import (
+from audiofind.research.losses import (
     ContrastiveLoss,
     LossConfig,
     NeighbourBatchSampler,
@@ -27,7 +27,9 @@ from audiofind.losses import (
     distillation_loss,
     positive_mask,
 )
-from audiofind.train import augment_caption, crop_or_pad, load_config, warmup_cosine
+from audiofind.research.optim import warmup_cosine
+from audiofind.research.train_config import load_config
+from audiofind.research.train_data import augment_caption, crop_or_pad
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -147,7 +149,7 @@ def _gather_worker(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from audiofind.losses import gather_no_grad, gather_with_grad
+    from audiofind.research.losses import gather_no_grad, gather_with_grad
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     torch.manual_seed(0)
@@ -275,7 +277,12 @@ def test_clap_backbone_from_a_local_folder(tmp_path, assets_dir):
     """The CLAP path, with a tiny random HTSAT saved like a Hugging Face model folder."""
     from transformers import ClapAudioConfig, ClapAudioModel, ClapFeatureExtractor
 
-    from audiofind.dual_encoder import DualEncoderConfig, DualEncoderModel, build_model, save_checkpoint
+    from audiofind.models.dual_encoder import (
+        DualEncoderConfig,
+        DualEncoderModel,
+        build_model,
+        save_checkpoint,
+    )
 
     folder = tmp_path / "tiny-clap"
     tiny = ClapAudioConfig(
@@ -294,7 +301,7 @@ def test_passt_without_the_extra_says_how_to_get_it():
     try:
         import hear21passt  # noqa: F401
     except ImportError:
-        from audiofind.dual_encoder import build_audio_backbone
+        from audiofind.models.audio_backbones import build_audio_backbone
 
         with pytest.raises(ImportError, match="pip install hear21passt"):
             build_audio_backbone("passt")
@@ -303,7 +310,7 @@ def test_passt_without_the_extra_says_how_to_get_it():
 
 
 def test_unknown_backbone_is_refused():
-    from audiofind.dual_encoder import build_audio_backbone
+    from audiofind.models.audio_backbones import build_audio_backbone
 
     with pytest.raises(ValueError, match="mn04"):
         build_audio_backbone("mn99")
@@ -345,10 +352,10 @@ def _run_config(root: Path, run_dir: Path, **extra) -> dict:
 @pytest.mark.slow
 def test_train_overfits_and_checkpoint_serves(clotho_tree, assets_dir, tmp_path):
     from audiofind.audio import load_audio
-    from audiofind.data import load_clotho
-    from audiofind.metrics import retrieval_metrics
-    from audiofind.model import load_model
-    from audiofind.train import train
+    from audiofind.models import load_model
+    from audiofind.research.data import load_clotho
+    from audiofind.research.metrics import retrieval_metrics
+    from audiofind.research.train import train
 
     run = tmp_path / "run"
     # the audio backbone stays frozen (its BatchNorm statistics cannot follow 40 tiny steps); MiniLM trains
@@ -427,7 +434,7 @@ def test_ddp_two_processes_on_cpu(clotho_tree, assets_dir, tmp_path):
         "--nproc_per_node",
         "2",
         "-m",
-        "audiofind.train",
+        "audiofind.research.train",
         str(path),
     ]
     done = subprocess.run(cmd, env=_subprocess_env(), capture_output=True, text=True, timeout=300)
@@ -456,7 +463,7 @@ def test_resume_after_kill_continues(clotho_tree, assets_dir, tmp_path):
     )
     path = tmp_path / "resume.yaml"
     path.write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "audiofind.train", str(path)]
+    cmd = [sys.executable, "-m", "audiofind.research.train", str(path)]
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, env=_subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 240
@@ -481,7 +488,7 @@ def test_resume_after_kill_continues(clotho_tree, assets_dir, tmp_path):
     assert len((run / "metrics.csv").read_text().splitlines()) == 4
 
     # the interrupted run ends where an uninterrupted one does: weights, optimizer, RNG, queue restored
-    from audiofind.train import train
+    from audiofind.research.train import train
 
     config["run_dir"] = str(tmp_path / "straight")
     train(config)
@@ -495,7 +502,7 @@ def test_cli_command_registers_and_reports_bad_keys(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from audiofind.cli_train import register
+    from audiofind.cli.train import register
 
     app = typer.Typer()
     register(app)

@@ -15,7 +15,7 @@ os.environ.setdefault("AUDIOFIND_ASSETS", str(Path(__file__).resolve().parents[2
 
 from test_server import CLIPS, LiveServer, build_library, serve_threads, shared_model  # noqa: E402
 
-from audiofind.server import create_app  # noqa: E402
+from audiofind.server.app import create_app  # noqa: E402
 
 CHROMIUM = os.environ.get("AUDIOFIND_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from audiofind import __version__
+from . import __version__
 
 log = logging.getLogger(__name__)
 

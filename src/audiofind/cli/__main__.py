@@ -1,0 +1,5 @@
+"""`python -m audiofind.cli`: the same as the `audiofind` command."""
+
+from .main import main
+
+main()

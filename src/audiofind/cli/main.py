@@ -1,0 +1,277 @@
+"""The `audiofind` command line: a thin layer over `audiofind.library`.
+
+Results go to stdout (pure JSON with --json); progress bars, summaries of problems and errors go to
+stderr. Expected failures print one line and exit with status 1 (a missing index, a model mismatch, an
+undecodable file) or 2 (bad usage: a missing path, conflicting options), never a traceback.
+More commands (serve, train, evaluate, ...) register on `app` as functions or `app.add_typer` sub-apps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..library import Library, LibraryError, SearchResult, UpdateReport
+from ..paths import display_path
+
+app = typer.Typer(
+    name="audiofind",
+    help="Find sounds by describing them: index your sound folders, then search by text or by example.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+QUERY_BATCH = 64  # queries per text-encoder batch for --queries
+
+IndexOpt = Annotated[
+    Path | None,
+    typer.Option("--index", help="Index folder (default: $AUDIOFIND_INDEX, else the per-user data folder)."),
+]
+TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many results.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
+MinDurOpt = Annotated[float | None, typer.Option("--min-duration", help="Only clips at least this long (s).")]
+MaxDurOpt = Annotated[float | None, typer.Option("--max-duration", help="Only clips at most this long (s).")]
+PrefixOpt = Annotated[
+    str | None, typer.Option("--path-prefix", help="Only clips whose absolute path starts with this.")
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", help="'default' or 'full-window' (zero-shot), or a trained checkpoint."),
+]
+
+
+class UsageError(Exception):
+    """Wrong arguments: reported with exit status 2."""
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one line on stderr and return the Exit to raise."""
+    typer.echo(f"audiofind: {message}", err=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """Turn the failures a user can cause into one line on stderr, instead of a traceback."""
+    try:
+        yield
+    except UsageError as e:
+        raise fail(str(e), 2) from None
+    except (LibraryError, FileNotFoundError, ValueError) as e:  # AudioDecodeError is a ValueError
+        raise fail(str(e), 1) from None
+    except KeyError as e:
+        raise fail(str(e.args[0]) if e.args else "not found", 1) from None
+
+
+def _filters(min_duration: float | None, max_duration: float | None,
+             path_prefix: str | None) -> dict[str, Any]:
+    return {"min_duration": min_duration, "max_duration": max_duration, "path_prefix": path_prefix}
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, ensure_ascii=False))
+
+
+def _tags_text(tags: Sequence[tuple[str, float]], n: int = 3, width: int = 40) -> str:
+    text = ", ".join(label for label, _ in tags[:n])
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def print_results(results: list[SearchResult]) -> None:
+    """An aligned table: rank, score, duration, top tags, path."""
+    if not results:
+        typer.echo("no results")
+        return
+    typer.echo(f"{'rank':>4}  {'score':>6}  {'dur(s)':>7}  {'tags':<40}  path")
+    for rank, r in enumerate(results, 1):
+        tags_col = _tags_text(r.tags)
+        typer.echo(f"{rank:>4}  {r.score:>6.3f}  {r.duration:>7.2f}  {tags_col:<40}  {r.display_path}")
+
+
+def _show_results(results: list[SearchResult], json_out: bool) -> None:
+    """One query's results: a JSON list with --json, else the table."""
+    if json_out:
+        _print_json([r.to_dict() for r in results])
+    else:
+        print_results(results)
+
+
+def _summary(report: UpdateReport, stats: dict[str, Any]) -> str:
+    r = report
+    lines = [
+        f"{r.added} added, {r.updated} updated, {r.unchanged} unchanged, {r.moved} moved, "
+        f"{r.removed} removed, {len(r.skipped)} skipped",
+        f"embedded {r.embedded} files ({r.audio_seconds / 3600:.3f} audio hours) in {r.wall_seconds:.1f} s, "
+        f"{r.realtime_factor:.1f}x real time",
+        f"index {stats['index_dir']}: {stats['clips']} clips, {stats['audio_hours']:.2f} hours, "
+        f"model {stats['model_id']}",
+    ]
+    return "\n".join(lines)
+
+
+@app.command("index")
+def index_cmd(
+    paths: Annotated[list[str], typer.Argument(help="Folders (searched recursively) or audio files.")],
+    index: IndexOpt = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "-j", min=0, help="Decoding processes (0: none; default: half the cores)."),
+    ] = None,
+    model: ModelOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="Forget all clips and re-embed PATHS (after a model change).")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Add new and changed audio files under PATHS to the index; drop the ones that are gone."""
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise fail(f"no such file or folder: {', '.join(display_path(p) for p in missing)}", 2)
+    with errors(), Library.open(index, model=model, create=True, rebuild=rebuild) as lib:
+        report = lib.update(paths, workers=workers, progress=not quiet)
+        stats = lib.stats()
+    if json_out:
+        _print_json(report.to_dict() | {"index": stats})
+    else:
+        typer.echo(_summary(report, stats))
+    for path, reason in report.skipped:
+        typer.echo(f"skipped {path}: {reason}", err=True)
+
+
+@app.command()
+def search(
+    query: Annotated[
+        str | None, typer.Argument(help="What to look for, e.g. 'a dog barks then a door slams'.")
+    ] = None,
+    queries: Annotated[
+        Path | None, typer.Option("--queries", help="A text file, one query per line (blank lines skipped).")
+    ] = None,
+    index: IndexOpt = None,
+    top_k: TopKOpt = 10,
+    json_out: JsonOpt = False,
+    min_duration: MinDurOpt = None,
+    max_duration: MaxDurOpt = None,
+    path_prefix: PrefixOpt = None,
+) -> None:
+    """Search the index by description. With --queries and --json: one JSON line per query."""
+    filters = _filters(min_duration, max_duration, path_prefix)
+    with errors():
+        if (query is None) == (queries is None):
+            raise UsageError("give either a QUERY or --queries FILE")
+        if queries is not None:
+            texts = _read_queries(queries)
+        with Library.open(index) as lib:
+            if query is not None:
+                _show_results(lib.search(query, top_k, **filters), json_out)
+                return
+            for start in range(0, len(texts), QUERY_BATCH):
+                batch = texts[start:start + QUERY_BATCH]
+                for text, results in zip(batch, lib.search_many(batch, top_k, **filters), strict=True):
+                    if json_out:
+                        _print_json({"query": text, "results": [r.to_dict() for r in results]})
+                    else:
+                        typer.echo(f"\nquery: {text}")
+                        print_results(results)
+
+
+def _read_queries(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"no such queries file: {path}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@app.command()
+def similar(
+    file: Annotated[str, typer.Argument(help="An audio file: an indexed clip, or any file (gets embedded).")],
+    index: IndexOpt = None,
+    top_k: TopKOpt = 10,
+    json_out: JsonOpt = False,
+    min_duration: MinDurOpt = None,
+    max_duration: MaxDurOpt = None,
+    path_prefix: PrefixOpt = None,
+) -> None:
+    """Find clips that sound like FILE (FILE itself is left out)."""
+    if not os.path.exists(file):
+        raise fail(f"no such file: {display_path(file)}", 2)
+    with errors(), Library.open(index) as lib:
+        results = lib.similar(file, top_k, **_filters(min_duration, max_duration, path_prefix))
+    _show_results(results, json_out)
+
+
+@app.command()
+def tags(
+    file: Annotated[str, typer.Argument(help="An audio file.")],
+    top_k: TopKOpt = 10,
+    json_out: JsonOpt = False,
+    model: ModelOpt = None,
+) -> None:
+    """Print the AudioSet tags the model hears in FILE, with probabilities (no index needed)."""
+    if not os.path.exists(file):
+        raise fail(f"no such file: {display_path(file)}", 2)
+    with errors():
+        from ..audio import SAMPLE_RATE, load_audio
+        from ..models import load_model
+
+        wave, _ = load_audio(file, sample_rate=SAMPLE_RATE)  # before the model loads: bad files fail fast
+        if wave.size == 0:
+            raise ValueError(f"{display_path(file)} holds no audio samples")
+        m = load_model(model)
+        if m.sample_rate != SAMPLE_RATE:
+            wave, _ = load_audio(file, sample_rate=m.sample_rate)
+        found = m.embed_audio([wave]).tags[0][:top_k]
+    if json_out:
+        _print_json([{"label": label, "prob": round(float(prob), 4)} for label, prob in found])
+    else:
+        for label, prob in found:
+            typer.echo(f"{prob:6.3f}  {label}")
+
+
+@app.command()
+def info(index: IndexOpt = None, json_out: JsonOpt = False) -> None:
+    """Show what the index holds: clips, audio hours, model, when and how fast it was built."""
+    with errors(), Library.open(index) as lib:
+        stats = lib.stats()
+    if json_out:
+        _print_json(stats)
+    else:
+        width = max(map(len, stats))
+        for key, value in stats.items():
+            typer.echo(f"{key:<{width}}  {value}")
+
+
+def _register_subcommands() -> None:
+    """The research and serving commands live in their own modules, each importing its heavy deps lazily."""
+    from .data import data_app
+    from .evaluate import register as register_eval
+    from .serve import register as register_serve
+    from .train import register as register_train
+
+    app.add_typer(data_app, name="data")
+    register_eval(app)
+    register_train(app)
+    register_serve(app)
+
+
+_register_subcommands()
+
+
+def main() -> None:
+    """Console entry point (the same as `app()`)."""
+    app(prog_name="audiofind")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

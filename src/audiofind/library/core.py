@@ -1,0 +1,335 @@
+"""`Library`: the facade over an index folder that a notebook, the CLI and the server use.
+
+Layout of an index folder:
+  library.sqlite   the source of truth (WAL mode): `files` (one row per audio file, vector included),
+                   `meta` (model, dim, generation, timestamps), `failures` (undecodable files, so
+                   re-runs skip them until they change) and `roots` (the paths given to `update`)
+  vectors.faiss    a search index rebuilt from SQLite whenever its recorded generation is stale
+
+The SQLite side is in `store`, the incremental update in `updater`, the FAISS side in `searcher`.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..audio import load_audio
+from ..paths import display_path
+from .records import ClipRecord, IndexNotFoundError, ModelMismatchError, Progress, SearchResult, UpdateReport
+from .searcher import VectorSearcher
+from .store import (
+    DB_NAME,
+    FAISS_NAME,
+    RECORD_COLUMNS,
+    abspath,
+    bump_generation,
+    connect,
+    default_index_dir,
+    now_iso,
+    read_meta,
+    tags_from_json,
+    transaction,
+)
+from .updater import Updater
+from .vector_index import DEFAULT_NPROBE
+from .workers import default_workers
+
+if TYPE_CHECKING:
+    from ..models import EmbeddingModel
+
+
+class Library:
+    """A searchable index of sound files: `Library.open`, then `update` to fill it and `search` to query."""
+
+    def __init__(self, index_dir: Path, conn: sqlite3.Connection, index_kind: str, nprobe: int) -> None:
+        """Use `Library.open`."""
+        self.index_dir = index_dir
+        self._conn = conn
+        self._model: EmbeddingModel | None = None
+        self._lock = threading.RLock()
+        self._vectors = VectorSearcher(index_dir, conn, self._lock, index_kind, nprobe, self._dim)
+
+    @property
+    def index_kind(self) -> str:
+        return self._vectors.index_kind
+
+    @property
+    def nprobe(self) -> int:
+        return self._vectors.nprobe
+
+    # ------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        index_dir: str | os.PathLike[str] | None = None,
+        model: EmbeddingModel | str | None = None,
+        *,
+        create: bool = False,
+        index_kind: str = "auto",
+        nprobe: int = DEFAULT_NPROBE,
+        rebuild: bool = False,
+    ) -> Library:
+        """Open (with `create`, make) the index in `index_dir`; `model` None loads the index's model lazily.
+
+        `model` may be a loaded EmbeddingModel or a name/checkpoint for `load_model`; either must match the
+        model the index was built with, unless `rebuild` empties the index first (the next `update`
+        re-embeds everything, e.g. after the default model changed). `index_kind` is "auto" (exact
+        below vector_index.APPROX_THRESHOLD clips, IVF above), "flat", "ivf" or "hnsw".
+        """
+        if index_kind not in ("auto", "flat", "ivf", "hnsw"):
+            raise ValueError(f"index_kind must be auto, flat, ivf or hnsw, got {index_kind!r}")
+        index_dir = Path(index_dir).expanduser() if index_dir is not None else default_index_dir()
+        db_path = index_dir / DB_NAME
+        if not db_path.exists():
+            if not create:
+                raise IndexNotFoundError(f"no audiofind index at {index_dir}; "
+                                         f"build one with: audiofind index PATH --index {index_dir}")
+            index_dir.mkdir(parents=True, exist_ok=True)
+        conn = connect(db_path)
+        lib = cls(index_dir, conn, index_kind, nprobe)
+        try:
+            name = None
+            if isinstance(model, str) or (model is None and rebuild):
+                name = abspath(model) if model and os.path.exists(model) else model
+                model = _load_model(name)
+            if rebuild:
+                lib._clear()
+            if model is not None:
+                lib._adopt_model(model, name)
+        except BaseException:
+            conn.close()
+            raise
+        return lib
+
+    def close(self) -> None:
+        """Release the database; the object is unusable afterwards."""
+        with self._lock:
+            self._conn.close()
+            self._index = None
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+
+    def roots(self) -> list[str]:
+        """The folders and files ever given to `update` (the server serves files only from under them)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT path_bytes FROM roots ORDER BY path_bytes").fetchall()
+        return [os.fsdecode(bytes(r[0])) for r in rows]
+
+    def folder_counts(self) -> dict[str, int]:
+        """Clips per folder (each clip counted in its own folder only), for browsing and filters."""
+        with self._lock:
+            rows = self._conn.execute("SELECT path_bytes FROM files").fetchall()
+        counts: dict[str, int] = {}
+        for (path_b,) in rows:
+            folder = os.path.dirname(os.fsdecode(bytes(path_b)))
+            counts[folder] = counts.get(folder, 0) + 1
+        return counts
+
+    def _meta(self, key: str) -> str | None:
+        return read_meta(self._conn, key)
+
+    @property
+    def model_id(self) -> str | None:
+        """The model the index was built with (None for an empty new index)."""
+        with self._lock:
+            return self._meta("model_id")
+
+    @property
+    def generation(self) -> int:
+        with self._lock:
+            return int(self._meta("generation") or 0)
+
+    @property
+    def model(self) -> EmbeddingModel:
+        """The embedding model, loaded on first need: stats and stored-vector searches never pay for it."""
+        with self._lock:
+            if self._model is None:
+                name = self._meta("model_name") or self._meta("model_id")
+                self._adopt_model(_load_model(name), name)
+            assert self._model is not None
+            return self._model
+    def _clear(self) -> None:
+        """Forget every clip and the model (the folders given to `update` are kept)."""
+        with self._lock, transaction(self._conn):
+            self._conn.execute("DELETE FROM files")
+            self._conn.execute("DELETE FROM failures")
+            self._conn.execute("DELETE FROM meta WHERE key IN ('model_id', 'model_name', 'dim')")
+            bump_generation(self._conn)
+        (self.index_dir / FAISS_NAME).unlink(missing_ok=True)
+        self._vectors.forget()
+
+    def _adopt_model(self, model: EmbeddingModel, name: str | None) -> None:
+        """Check `model` against the index's recorded one, or record it in a new index."""
+        recorded = self._meta("model_id")
+        if recorded is not None and recorded != model.model_id:
+            recorded_name = self._meta("model_name") or recorded
+            name = name or getattr(model, "source", None) or model.model_id
+            hint = f" (or pass --model {recorded_name})" if recorded_name != name else \
+                f" ('{name}' now means {model.model_id})"
+            raise ModelMismatchError(
+                f"index {self.index_dir} was built with model {recorded}; you are using {model.model_id}; "
+                f"re-embed it with: audiofind index PATH --index {self.index_dir} --model {name} --rebuild"
+                f"{hint}")
+        if recorded is None:
+            with transaction(self._conn):
+                self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+                    ("model_id", model.model_id), ("dim", str(model.dim)),
+                    ("model_name", name or getattr(model, "source", None) or model.model_id)])
+        self._model = model
+
+    # ------------------------------------------------------------ indexing
+
+    def update(
+        self,
+        roots: Sequence[str | os.PathLike[str]],
+        *,
+        workers: int | None = None,
+        progress: bool | Progress = True,
+        batch_size: int = 64,
+        max_duration: float | None = None,
+    ) -> UpdateReport:
+        """Bring the index in line with the audio files under `roots` (folders or single files).
+
+        Unchanged files are skipped by (size, mtime); changed ones are hashed, and only content never seen
+        before goes through the model. Records under `roots` whose files are gone are removed; records
+        elsewhere are kept. `workers` decoding processes (0 = decode in this process; None = half the
+        cores) feed the model, which runs here in batches of `batch_size`. `max_duration` caps the seconds
+        decoded per file. `progress` is a tqdm bar on stderr (True), nothing (False), or a callback
+        receiving dicts.
+        """
+        start = time.monotonic()
+        workers = default_workers() if workers is None else workers
+        report = UpdateReport()
+        abs_roots = [abspath(r).rstrip(os.sep) or os.sep for r in roots]
+        for root, given in zip(abs_roots, roots, strict=True):
+            if not os.path.exists(root):
+                raise FileNotFoundError(f"no such file or folder: {os.fsdecode(given)}")
+        with self._lock, transaction(self._conn):
+            self._conn.executemany("INSERT OR IGNORE INTO roots VALUES (?, ?, ?)",
+                                   [(os.fsencode(r), display_path(r), now_iso()) for r in abs_roots])
+        commits = 0
+        try:
+            commits = Updater(self._conn, self._lock, lambda: self.model).run(
+                abs_roots, report, workers=workers, progress=progress, batch_size=batch_size,
+                max_duration=max_duration)
+        finally:
+            with self._lock, transaction(self._conn):
+                seconds = float(self._meta("build_seconds") or 0) + time.monotonic() - start
+                self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('build_seconds', ?)",
+                                   (f"{seconds:.3f}",))
+        with self._lock:
+            if commits:
+                self._vectors.reload()  # write vectors.faiss for the final generation
+        report.wall_seconds = time.monotonic() - start
+        return report
+
+    # ------------------------------------------------------------ searching
+
+    def refresh(self) -> bool:
+        """Pick up changes another process committed; True when there were any."""
+        with self._lock:
+            if not self._vectors.is_stale():
+                return False
+            self._vectors.forget()
+            return True
+
+    def search(self, query: str, k: int = 10, **filters: Any) -> list[SearchResult]:
+        """The `k` clips that best match a description, best first."""
+        return self.search_many([query], k, **filters)[0]
+
+    def search_many(self, queries: Sequence[str], k: int = 10, **filters: Any) -> list[list[SearchResult]]:
+        """Several descriptions with one text-encoder batch."""
+        if isinstance(queries, str):
+            raise TypeError("search_many takes a list of queries; use search() for one")
+        if not queries:
+            return []
+        vectors = self.model.encode_text(list(queries))
+        return self._vectors.search(vectors, k, **filters)
+
+    def search_vector(self, vector: np.ndarray, k: int = 10, **filters: Any) -> list[SearchResult]:
+        """Search with a vector from the index's own space (e.g. an embedded clip)."""
+        return self._vectors.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k, **filters)[0]
+
+    def similar(self, clip: int | str | os.PathLike[str], k: int = 10, **filters: Any) -> list[SearchResult]:
+        """Clips that sound like `clip`: an indexed id/path (stored vector, itself excluded) or any file."""
+        exclude: set[int] = set()
+        if isinstance(clip, (int, np.integer)):
+            rec = self.clip(int(clip))
+            vector, exclude = rec.vector, {rec.id}
+        else:
+            path = abspath(clip)
+            with self._lock:
+                row = self._conn.execute("SELECT id FROM files WHERE path_bytes = ?",
+                                         (os.fsencode(path),)).fetchone()
+            if row is not None:
+                rec = self.clip(row[0])
+                vector, exclude = rec.vector, {rec.id}
+            else:
+                if not os.path.exists(path):
+                    raise FileNotFoundError(f"no such file: {display_path(path)}")
+                model = self.model
+                wave, _ = load_audio(path, sample_rate=model.sample_rate)
+                vector = model.embed_audio([wave]).vectors[0]
+        return self._vectors.search(vector.reshape(1, -1), k, exclude=exclude, **filters)[0]
+
+    def _dim(self) -> int:
+        dim = self._meta("dim")
+        return int(dim) if dim else self.model.dim
+
+    # ------------------------------------------------------------ inspection
+
+    def clip(self, clip_id: int) -> ClipRecord:
+        """The stored record of one clip, vector included."""
+        with self._lock:
+            row = self._conn.execute(f"SELECT {RECORD_COLUMNS} FROM files WHERE id = ?",
+                                     (int(clip_id),)).fetchone()
+        if row is None:
+            raise KeyError(f"no clip with id {clip_id} in {self.index_dir}")
+        (id_, path_b, size, mtime_ns, digest, duration, rate, channels, tags, model_id, indexed_at, vec) = row
+        return ClipRecord(id=id_, path=os.fsdecode(bytes(path_b)), size=size, mtime_ns=mtime_ns,
+                          content_hash=digest, duration=duration, sample_rate=rate, channels=channels,
+                          tags=tags_from_json(tags), model_id=model_id, indexed_at=indexed_at,
+                          vector=np.frombuffer(vec, dtype="<f4").astype(np.float32))
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and provenance for `audiofind info` and the server's status page."""
+        with self._lock:
+            clips, seconds = self._conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(duration), 0) FROM files").fetchone()
+            kind = self._vectors.kind(clips)
+            return {
+                "index_dir": str(self.index_dir),
+                "clips": clips,
+                "audio_hours": round(seconds / 3600, 4),
+                "model_id": self._meta("model_id"),
+                "dim": int(self._meta("dim") or 0),
+                "generation": int(self._meta("generation") or 0),
+                "created_at": self._meta("created_at"),
+                "built_at": self._meta("updated_at"),
+                "build_seconds": round(float(self._meta("build_seconds") or 0), 2),
+                "index_kind": kind,
+            }
+
+
+def _load_model(name: str | None) -> EmbeddingModel:
+    from ..models import load_model
+
+    return load_model(name)
+

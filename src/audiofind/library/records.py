@@ -1,0 +1,103 @@
+"""What the library hands back: search hits, clip records, update reports, and its errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..paths import display_path
+
+Tags = list[tuple[str, float]]
+Progress = Callable[[dict[str, Any]], None]
+
+
+class LibraryError(Exception):
+    """An error the CLI and server report as one line, without a traceback."""
+
+
+class IndexNotFoundError(LibraryError):
+    """No index where one was expected."""
+
+
+class ModelMismatchError(LibraryError):
+    """The index holds vectors from another model; mixing spaces would return nonsense."""
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class SearchResult:
+    """One hit: enough to show it and to open the file."""
+
+    id: int
+    path: str  # os.fsdecode of the stored bytes: opens the file even when the name is not UTF-8
+    score: float  # cosine similarity, higher is better
+    duration: float
+    tags: Tags
+
+    @property
+    def display_path(self) -> str:
+        return display_path(self.path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "path": self.display_path,
+            "score": round(self.score, 6),
+            "duration": round(self.duration, 3),
+            "tags": [{"label": label, "prob": round(prob, 4)} for label, prob in self.tags],
+        }
+
+
+@dataclass
+class ClipRecord:
+    """Everything the index knows about one file."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+    duration: float
+    sample_rate: int
+    channels: int
+    tags: Tags
+    model_id: str
+    indexed_at: float
+    vector: np.ndarray = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        del d["vector"]
+        d["path"] = display_path(self.path)
+        d["tags"] = [{"label": label, "prob": round(prob, 4)} for label, prob in self.tags]
+        return d
+
+
+@dataclass
+class UpdateReport:
+    """What one `Library.update` did, for the CLI summary and the server."""
+
+    added: int = 0
+    updated: int = 0  # content changed at a known path
+    unchanged: int = 0  # includes touched files whose bytes did not change
+    moved: int = 0  # a known file found under a new path: its vector was kept
+    removed: int = 0
+    embedded: int = 0  # files that went through the model (the rest re-used a stored vector)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (display path, reason)
+    audio_seconds: float = 0.0  # audio embedded in this run
+    wall_seconds: float = 0.0
+
+    @property
+    def realtime_factor(self) -> float:
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
+        d["realtime_factor"] = round(self.realtime_factor, 2)
+        return d

@@ -1,0 +1,203 @@
+"""The FAISS side of an index: derived from SQLite, cached in vectors.faiss, rebuilt when stale.
+
+`VectorSearcher` answers vector queries with the library's filters (duration, path prefix, excluded ids),
+falling back to an exact scan where an approximate index returns too few hits.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .records import SearchResult
+from .store import FAISS_NAME, abspath, prefix_range, read_meta, tags_from_json, transaction
+from .vector_index import (
+    build_faiss_index,
+    choose_index_kind,
+    default_nlist,
+    faiss_index_kind,
+    read_faiss_file,
+    search_faiss,
+    write_faiss_file,
+)
+
+if TYPE_CHECKING:
+    import faiss
+
+
+class VectorSearcher:
+    """The in-memory FAISS index of one library, with the generation of the rows it reflects."""
+
+    def __init__(self, index_dir: Path, conn: sqlite3.Connection, lock: threading.RLock, index_kind: str,
+                 nprobe: int, dim: Callable[[], int]) -> None:
+        self.index_dir, self.conn, self.lock = index_dir, conn, lock
+        self.index_kind, self.nprobe, self._dim = index_kind, nprobe, dim
+        self._index: faiss.Index | None = None
+        self._index_generation = -1
+
+    def _generation(self) -> int:
+        return int(read_meta(self.conn, "generation") or 0)
+
+    def _count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+
+    def forget(self) -> None:
+        """Drop the in-memory index: the next search reloads it."""
+        self._index = None
+
+    def is_stale(self) -> bool:
+        """True when a loaded index no longer reflects the committed rows."""
+        return self._index is not None and self._generation() != self._index_generation
+
+    def kind(self, n: int) -> str:
+        """The FAISS family in use (or that would be used for `n` clips)."""
+        return faiss_index_kind(self._index) if self._index is not None else self._wanted_kind(n)
+
+    def reload(self) -> None:
+        """Rebuild from the rows and rewrite vectors.faiss (after an update committed)."""
+        self._load_index(prefer_file=False)
+
+    def _ensure_index(self) -> faiss.Index:
+        if self._index is None:
+            self._load_index(prefer_file=True)
+        assert self._index is not None
+        return self._index
+
+    def _wanted_kind(self, n: int) -> str:
+        return choose_index_kind(n) if self.index_kind == "auto" else self.index_kind
+
+    def _load_index(self, prefer_file: bool) -> None:
+        """Use vectors.faiss when it reflects the current generation, else rebuild it from SQLite."""
+        path = self.index_dir / FAISS_NAME
+        with transaction(self.conn, "DEFERRED"):  # generation and vectors from one snapshot
+            generation = self._generation()
+            n = self._count()
+            if prefer_file:
+                loaded = read_faiss_file(path)
+                if loaded is not None:
+                    header, index = loaded
+                    if header.get("generation") == generation and header.get("kind") == self._wanted_kind(n) \
+                            and index.ntotal == n:
+                        self._index, self._index_generation = index, generation
+                        return
+            ids, vectors = self.all_vectors()
+        kind = self._wanted_kind(len(ids))
+        trained = self._reusable_ivf(len(ids)) if kind == "ivf" else None
+        index = build_faiss_index(vectors, ids, kind, nprobe=self.nprobe, trained=trained)
+        self._index, self._index_generation = index, generation
+        try:
+            write_faiss_file(path, index, {"generation": generation, "kind": kind, "count": int(len(ids)),
+                                            "model_id": read_meta(self.conn, "model_id")})
+        except OSError as e:  # a read-only index still searches; only the cache is lost
+            print(f"audiofind: cannot write {path}: {e}", file=sys.stderr)
+
+    def _reusable_ivf(self, n: int) -> faiss.Index | None:
+        """The trained IVF index in memory or on disk, if its list count still suits `n` clips."""
+        import faiss
+
+        previous = self._index
+        if previous is None:
+            loaded = read_faiss_file(self.index_dir / FAISS_NAME)
+            previous = loaded[1] if loaded is not None else None
+        ivf = faiss.try_extract_index_ivf(previous) if previous is not None else None
+        if ivf is None or not ivf.is_trained:
+            return None
+        return ivf if 0.5 <= ivf.nlist / default_nlist(n) <= 2 else None
+
+    def all_vectors(self, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, (n, dim) float32 vectors) of all rows, or of `ids` only, filled in place (no blob list)."""
+        dim = self._dim()
+        if ids is None:
+            n = self._count()
+            chunks: Iterable[list[int] | None] = [None]
+        else:
+            id_list = [int(i) for i in ids]
+            n = len(id_list)
+            chunks = (id_list[i:i + 10_000] for i in range(0, n, 10_000))
+        out_ids = np.empty(n, dtype=np.int64)
+        vectors = np.empty((n, dim), dtype=np.float32)
+        row = 0
+        for chunk in chunks:
+            if chunk is None:
+                cursor = self.conn.execute("SELECT id, vector FROM files ORDER BY id")
+            else:
+                marks = ",".join("?" * len(chunk))
+                cursor = self.conn.execute(f"SELECT id, vector FROM files WHERE id IN ({marks})", chunk)
+            for clip_id, blob in cursor:
+                if row == n:  # rows added since the count: the next refresh picks them up
+                    break
+                out_ids[row] = clip_id
+                vectors[row] = np.frombuffer(blob, dtype="<f4")
+                row += 1
+        return out_ids[:row], vectors[:row]
+
+    def search(self, queries: np.ndarray, k: int, *, min_duration: float | None = None,
+               max_duration: float | None = None, path_prefix: str | os.PathLike[str] | None = None,
+               exclude: set[int] | frozenset[int] = frozenset()) -> list[list[SearchResult]]:
+        """The `k` best rows per query vector that pass the filters, best first."""
+        with self.lock:
+            index = self._ensure_index()
+            if queries.shape[1] != index.d:
+                raise ValueError(f"query vectors have dim {queries.shape[1]}, the index has {index.d}")
+            if k <= 0 or index.ntotal == 0:
+                return [[] for _ in queries]
+            allowed = self._filter_ids(min_duration, max_duration, path_prefix)
+            if allowed is not None and len(allowed) == 0:
+                return [[] for _ in queries]
+            available = index.ntotal if allowed is None else len(allowed)
+            want = min(k + len(exclude), available)
+            scores, ids = search_faiss(index, queries, want, allowed_ids=allowed, nprobe=self.nprobe)
+            out = []
+            for q, s_row, i_row in zip(queries, scores, ids, strict=True):
+                if (i_row >= 0).sum() < want:  # approximate index fell short: answer this query exactly
+                    s_row, i_row = self._exact_search(q, want, allowed)
+                hits = [(int(i), float(s)) for i, s in zip(i_row, s_row, strict=True)
+                        if i >= 0 and int(i) not in exclude]
+                out.append(self.results(hits[:k]))
+            return out
+
+    def _exact_search(self, query: np.ndarray, k: int,
+                      allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        ids, vectors = self.all_vectors(allowed)
+        scores = vectors @ query
+        top = np.argsort(-scores, kind="stable")[:k]
+        return scores[top], ids[top]
+
+    def _filter_ids(self, min_duration: float | None, max_duration: float | None,
+                    path_prefix: str | os.PathLike[str] | None) -> np.ndarray | None:
+        """Ids passing the filters, or None when there are no filters."""
+        clauses: list[str] = []
+        args: list[Any] = []
+        if min_duration is not None:
+            clauses.append("duration >= ?")
+            args.append(float(min_duration))
+        if max_duration is not None:
+            clauses.append("duration <= ?")
+            args.append(float(max_duration))
+        if path_prefix is not None and os.fspath(path_prefix) != "":
+            lo, hi = prefix_range(os.fsencode(abspath(path_prefix)))
+            clauses.append("path_bytes >= ? AND (? IS NULL OR path_bytes < ?)")
+            args += [lo, hi, hi]
+        if not clauses:
+            return None
+        rows = self.conn.execute(f"SELECT id FROM files WHERE {' AND '.join(clauses)}", args).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def results(self, hits: list[tuple[int, float]]) -> list[SearchResult]:
+        """(id, score) pairs as results, in order; rows deleted meanwhile are dropped."""
+        if not hits:
+            return []
+        rows = {r[0]: r for r in self.conn.execute(
+            f"SELECT id, path_bytes, duration, tags FROM files WHERE id IN ({','.join('?' * len(hits))})",
+            [i for i, _ in hits])}
+        return [SearchResult(id=i, path=os.fsdecode(bytes(rows[i][1])), score=s, duration=rows[i][2],
+                             tags=tags_from_json(rows[i][3]))
+                for i, s in hits if i in rows]  # a row deleted by another process since the last refresh
+

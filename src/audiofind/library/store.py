@@ -1,0 +1,202 @@
+"""The SQLite side of an index: schema, connection, transactions and small row codecs.
+
+SQLite is the source of truth. Every write transaction bumps the meta `generation`, so a FAISS file or
+an in-memory index knows whether it still reflects the rows, and a `kill -9` at any moment leaves an
+index that opens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .records import LibraryError, Tags
+
+INDEX_ENV = "AUDIOFIND_INDEX"
+DB_NAME = "library.sqlite"
+FAISS_NAME = "vectors.faiss"
+SCHEMA_VERSION = 1
+COMMIT_EVERY_FILES = 64  # a crash loses at most this many files' work ...
+COMMIT_EVERY_SECONDS = 2.0  # ... or this much time's
+
+
+def default_index_dir() -> Path:
+    """$AUDIOFIND_INDEX, else the per-user data folder, so `audiofind search` works from anywhere."""
+    env = os.environ.get(INDEX_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("audiofind")) / "index"
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    path_bytes BLOB NOT NULL UNIQUE,  -- os.fsencode(absolute path): exact, whatever the encoding
+    path TEXT NOT NULL,               -- the same path for display (undecodable bytes replaced)
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    content_hash TEXT NOT NULL,       -- blake2b-128 of the file bytes
+    duration REAL NOT NULL,
+    sample_rate INTEGER NOT NULL,
+    channels INTEGER NOT NULL,
+    tags TEXT NOT NULL,               -- JSON [[label, prob], ...], best first
+    model_id TEXT NOT NULL,
+    vector BLOB NOT NULL,             -- float32 little-endian, L2-normalised
+    indexed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS failures (  -- undecodable files, not retried until their (size, mtime) change
+    path_bytes BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS roots (path_bytes BLOB PRIMARY KEY, path TEXT NOT NULL, added_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS files_hash ON files(content_hash);
+CREATE INDEX IF NOT EXISTS files_duration ON files(duration);
+"""
+
+UPSERT = """
+INSERT INTO files (path_bytes, path, size, mtime_ns, content_hash, duration, sample_rate, channels,
+                   tags, model_id, vector, indexed_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(path_bytes) DO UPDATE SET
+    size=excluded.size, mtime_ns=excluded.mtime_ns, content_hash=excluded.content_hash,
+    duration=excluded.duration, sample_rate=excluded.sample_rate, channels=excluded.channels,
+    tags=excluded.tags, model_id=excluded.model_id, vector=excluded.vector, indexed_at=excluded.indexed_at
+"""
+
+RECORD_COLUMNS = ("id, path_bytes, size, mtime_ns, content_hash, duration, sample_rate, channels, tags, "
+                   "model_id, indexed_at, vector")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def prefix_range(prefix: bytes) -> tuple[bytes, bytes | None]:
+    """[lo, hi) such that a BLOB starts with `prefix` iff lo <= blob < hi (hi None = unbounded)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return prefix, None
+    return prefix, stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def abspath(path: str | os.PathLike[str] | bytes) -> str:
+    """Absolute, user-expanded, with a trailing separator kept (it matters for prefix filters)."""
+    text = os.fsdecode(path)
+    full = os.path.abspath(os.path.expanduser(text))
+    if text.endswith(os.sep) and not full.endswith(os.sep):
+        full += os.sep
+    return full
+
+
+def tags_json(tags: Iterable[tuple[str, float]]) -> str:
+    return json.dumps([[str(label), round(float(prob), 5)] for label, prob in tags])
+
+
+def tags_from_json(text: str) -> Tags:
+    return [(label, float(prob)) for label, prob in json.loads(text)]
+
+
+def vector_blob(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+class Writer:
+    """Queues row changes and commits them in small transactions, each bumping the generation."""
+
+    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock) -> None:
+        self.conn = conn
+        self.lock = lock
+        self.ops: list[tuple[str, tuple]] = []
+        self.last = time.monotonic()
+        self.commits = 0
+
+    def add(self, sql: str, args: tuple) -> None:
+        self.ops.append((sql, args))
+        if len(self.ops) >= COMMIT_EVERY_FILES or time.monotonic() - self.last >= COMMIT_EVERY_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last = time.monotonic()
+        if not self.ops:
+            return
+        with self.lock, transaction(self.conn):
+            for sql, args in self.ops:
+                self.conn.execute(sql, args)
+            bump_generation(self.conn)
+        self.ops.clear()
+        self.commits += 1
+
+
+class transaction:
+    """BEGIN ... COMMIT, rolled back on error (the connection runs in autocommit mode).
+
+    IMMEDIATE takes the write lock up front; DEFERRED gives reads one consistent snapshot.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> None:
+        self.conn = conn
+        self.mode = mode
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute(f"BEGIN {self.mode}")
+        return self.conn
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def bump_generation(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('updated_at', ?)", (now_iso(),))
+
+
+@dataclass
+class KnownFile:
+    id: int
+    size: int
+    mtime_ns: int
+    content_hash: str
+
+
+# ---------------------------------------------------------------- the library
+
+
+def read_meta(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def connect(db_path: Path) -> sqlite3.Connection:
+    """Open in WAL mode and autocommit, creating the schema; 'not a database' becomes a clear error."""
+    try:
+        conn = sqlite3.connect(db_path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        with transaction(conn):
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if version is None:
+                now = now_iso()
+                conn.executemany("INSERT INTO meta VALUES (?, ?)", [
+                    ("schema_version", str(SCHEMA_VERSION)), ("generation", "0"),
+                    ("created_at", now), ("updated_at", now), ("build_seconds", "0")])
+            elif int(version[0]) != SCHEMA_VERSION:
+                raise LibraryError(f"{db_path}: index schema version {version[0]} is not supported (this "
+                                   f"audiofind reads version {SCHEMA_VERSION}); re-index into a new folder")
+    except sqlite3.DatabaseError as e:
+        raise LibraryError(f"{db_path} is not a readable audiofind index: {e}") from e
+    return conn

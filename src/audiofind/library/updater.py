@@ -1,0 +1,287 @@
+"""The incremental update: list the folders, decide what changed, hash, decode and embed only that.
+
+Unchanged files are skipped by (size, mtime); changed ones are hashed, and only content never seen
+before goes through the model. Moved files keep their vector (same content hash), copies reuse it.
+Row changes go through a `Writer`, so a crash loses at most a few seconds of work.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..audio import AUDIO_EXTENSIONS
+from ..paths import display_path
+from .records import Progress, UpdateReport
+from .store import UPSERT, KnownFile, Writer, prefix_range, tags_json, vector_blob
+from .workers import (
+    bounded_map,
+    decode_file,
+    hash_file,
+    limit_model_threads,
+    process_pool,
+    restore_model_threads,
+)
+
+if TYPE_CHECKING:
+    from ..models import EmbeddingModel
+
+BATCH_AUDIO_SECONDS = 600.0  # flush a model batch early once it holds this much audio
+
+
+class Updater:
+    """One `Library.update` run over a set of roots: plans from the stored rows, then writes the changes."""
+
+    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock,
+                 model: Callable[[], EmbeddingModel]) -> None:
+        self.conn, self.lock, self.model = conn, lock, model  # the model loads only if audio is new
+
+    def run(self, abs_roots: Sequence[str], report: UpdateReport, *, workers: int, progress: bool | Progress,
+            batch_size: int, max_duration: float | None) -> int:
+        """Bring the rows under `abs_roots` in line with the files there; returns the commits made."""
+        listing = scan_roots(abs_roots, report)
+        with self.lock:
+            known = {p: KnownFile(*rest) for p, *rest in self._rows_under(
+                abs_roots, "SELECT path_bytes, id, size, mtime_ns, content_hash FROM files")}
+            failed = {p: rest for p, *rest in self._rows_under(
+                abs_roots, "SELECT path_bytes, size, mtime_ns, reason FROM failures")}
+        bar = ProgressBar(progress, total=len(listing))
+        writer = Writer(self.conn, self.lock)
+        try:
+            to_hash = []
+            for path_b, (size, mtime_ns) in listing.items():
+                rec = known.get(path_b)
+                if rec is not None and rec.size == size and rec.mtime_ns == mtime_ns:
+                    report.unchanged += 1
+                elif rec is None and failed.get(path_b, [None])[:2] == [size, mtime_ns]:
+                    report.skipped.append((display_path(path_b), failed[path_b][2]))  # known bad, unchanged
+                else:
+                    to_hash.append(path_b)
+            bar.advance(len(listing) - len(to_hash), report)
+            for path_b in failed.keys() - listing.keys():
+                writer.add("DELETE FROM failures WHERE path_bytes = ?", (path_b,))
+            orphans: dict[str, list[tuple[bytes, KnownFile]]] = {}
+            for path_b, rec in known.items():
+                if path_b not in listing:
+                    orphans.setdefault(rec.content_hash, []).append((path_b, rec))
+            to_embed = self._resolve_changed(to_hash, known, orphans, writer, report, bar, workers)
+            for entries in orphans.values():
+                for _, rec in entries:
+                    writer.add("DELETE FROM files WHERE id = ?", (rec.id,))
+                    report.removed += 1
+            writer.flush()
+            if to_embed:  # the model loads only when some audio is new: a no-op re-run is instant
+                self._embed(to_embed, known, writer, report, bar, workers, batch_size, max_duration)
+            writer.flush()
+        finally:
+            bar.close()
+        return writer.commits
+
+    def _rows_under(self, roots: Sequence[str], select: str) -> list[list[Any]]:
+        """Rows of `select` (whose first column is path_bytes, returned as bytes) for paths under `roots`."""
+        out: dict[bytes, list[Any]] = {}
+        for root in roots:
+            if os.path.isdir(root):
+                lo, hi = prefix_range(os.fsencode(root.rstrip(os.sep) + os.sep))
+                rows = self.conn.execute(f"{select} WHERE path_bytes >= ? AND (? IS NULL OR path_bytes < ?)",
+                                          (lo, hi, hi))
+            else:
+                rows = self.conn.execute(f"{select} WHERE path_bytes = ?", (os.fsencode(root),))
+            for path_b, *rest in rows:
+                out[bytes(path_b)] = [bytes(path_b), *rest]
+        return list(out.values())
+
+    def _resolve_changed(self, to_hash: list[bytes], known: dict[bytes, KnownFile],
+                         orphans: dict[str, list[tuple[bytes, KnownFile]]], writer: Writer,
+                         report: UpdateReport, bar: ProgressBar, workers: int) -> list[tuple[bytes, tuple]]:
+        """Hash new/changed files; handle touched, moved and copied ones; return those needing the model."""
+        to_embed: list[tuple[bytes, tuple]] = []
+        pool = ThreadPoolExecutor(max(1, workers)) if workers > 0 and len(to_hash) > 1 else None
+        try:
+            for path_b, (ok, result) in bounded_map(hash_file, [os.fsdecode(p) for p in to_hash], pool,
+                                                     4 * max(1, workers)):
+                path_b = os.fsencode(path_b)
+                rec = known.get(path_b)
+                if not ok:
+                    self._skip(path_b, result, rec, writer, report)
+                else:
+                    size, mtime_ns, digest = result
+                    if rec is not None and rec.content_hash == digest:
+                        writer.add("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?",
+                                   (size, mtime_ns, rec.id))
+                        report.unchanged += 1
+                    elif orphans.get(digest):
+                        old_path, old = orphans[digest].pop()
+                        if rec is not None:
+                            writer.add("DELETE FROM files WHERE id = ?", (rec.id,))
+                        writer.add("UPDATE files SET path_bytes = ?, path = ?, size = ?, mtime_ns = ? "
+                                   "WHERE id = ?", (path_b, display_path(path_b), size, mtime_ns, old.id))
+                        report.moved += 1
+                    elif self._copy_vector(digest, path_b, size, mtime_ns, writer):
+                        report.updated += rec is not None
+                        report.added += rec is None
+                    else:
+                        to_embed.append((path_b, (size, mtime_ns, digest)))
+                        continue  # counted when embedded
+                bar.advance(1, report)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+        return to_embed
+
+    def _copy_vector(self, digest: str, path_b: bytes, size: int, mtime_ns: int, writer: Writer) -> bool:
+        """Give a new path the stored vector of identical bytes indexed elsewhere (a copy): no model run."""
+        with self.lock:
+            row = self.conn.execute(
+                "SELECT duration, sample_rate, channels, tags, model_id, vector FROM files "
+                "WHERE content_hash = ? LIMIT 1", (digest,)).fetchone()
+        if row is None:
+            return False
+        writer.add(UPSERT, (path_b, display_path(path_b), size, mtime_ns, digest, *row, time.time()))
+        return True
+
+    def _skip(self, path_b: bytes, reason: str, rec: KnownFile | None, writer: Writer,
+              report: UpdateReport) -> None:
+        """Report a file that could not be read; a stale record for it no longer describes the file."""
+        report.skipped.append((display_path(path_b), reason))
+        if rec is not None:
+            writer.add("DELETE FROM files WHERE id = ?", (rec.id,))
+            report.removed += 1
+
+    def _embed(self, to_embed: list[tuple[bytes, tuple]], known: dict[bytes, KnownFile], writer: Writer,
+               report: UpdateReport, bar: ProgressBar, workers: int, batch_size: int,
+               max_duration: float | None) -> None:
+        """Decode in worker processes, embed here in batches, write each batch's rows."""
+        model = self.model()
+        batch: list[tuple[bytes, tuple, np.ndarray, tuple]] = []
+
+        def flush() -> None:
+            if batch:
+                self._write_embedded(batch, known, model, writer, report)
+                bar.advance(len(batch), report)
+                batch.clear()
+
+        tasks = [(os.fsdecode(p), model.sample_rate, max_duration) for p, _ in to_embed]
+        stats = dict(to_embed)
+        pool = process_pool(workers) if workers > 0 and len(tasks) > 2 * workers else None
+        threads = limit_model_threads(busy_cores=workers if pool else 0)
+        try:
+            for task, (ok, result) in bounded_map(
+                    decode_file, tasks, pool, window=max(4, 2 * workers + batch_size // 2)):
+                path_b = os.fsencode(task[0])
+                wave, info, permanent = result if ok else (None, result, False)
+                if wave is None:
+                    self._skip(path_b, info, known.get(path_b), writer, report)
+                    if permanent:
+                        size, mtime_ns, _ = stats[path_b]
+                        writer.add("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)",
+                                   (path_b, size, mtime_ns, info))
+                    bar.advance(1, report)
+                    continue
+                batch.append((path_b, stats[path_b], wave, info))
+                if len(batch) >= batch_size or \
+                        sum(len(b[2]) for b in batch) >= BATCH_AUDIO_SECONDS * model.sample_rate:
+                    flush()
+            flush()
+        finally:
+            restore_model_threads(threads)
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+
+    def _write_embedded(self, batch: list[tuple[bytes, tuple, np.ndarray, tuple]],
+                        known: dict[bytes, KnownFile], model: EmbeddingModel, writer: Writer,
+                        report: UpdateReport) -> None:
+        """Embed one batch and queue its rows; a batch that fails is retried clip by clip."""
+        try:
+            emb = [model.embed_audio([b[2] for b in batch])]
+            items = [batch]
+        except Exception:  # one bad wave must not sink its batch-mates: retry one by one
+            emb, items = [], []
+            for b in batch:
+                try:
+                    emb.append(model.embed_audio([b[2]]))
+                    items.append([b])
+                except Exception as e:
+                    reason = f"model failed: {type(e).__name__}: {e}"
+                    self._skip(b[0], reason, known.get(b[0]), writer, report)
+        for embeddings, group in zip(emb, items, strict=True):
+            for (path_b, (size, mtime_ns, digest), wave, info), vec, tags in zip(
+                    group, embeddings.vectors, embeddings.tags, strict=True):
+                writer.add(UPSERT, (path_b, display_path(path_b), size, mtime_ns, digest, *info,
+                                     tags_json(tags), model.model_id, vector_blob(vec), time.time()))
+                writer.add("DELETE FROM failures WHERE path_bytes = ?", (path_b,))
+                report.embedded += 1
+                report.audio_seconds += len(wave) / model.sample_rate
+                report.updated += path_b in known
+                report.added += path_b not in known
+
+    # ------------------------------------------------------------ the FAISS side
+
+
+def scan_roots(roots: Sequence[str], report: UpdateReport) -> dict[bytes, tuple[int, int]]:
+    """Every audio file under `roots` -> (size, mtime_ns); symlinked folders are not followed."""
+    found: dict[bytes, tuple[int, int]] = {}
+
+    def visit(path: str) -> None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return  # vanished or a dangling link: treated as gone
+        if stat.S_ISREG(st.st_mode):
+            found[os.fsencode(path)] = (st.st_size, st.st_mtime_ns)
+
+    def on_error(err: OSError) -> None:
+        report.skipped.append((display_path(err.filename or "?"), f"cannot list folder: {err.strerror}"))
+
+    for root in roots:
+        if not os.path.isdir(root):
+            if os.path.splitext(root)[1].lower() in AUDIO_EXTENSIONS:
+                visit(root)
+            else:
+                report.skipped.append((display_path(root), "not an audio file extension"))
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS:
+                    visit(os.path.join(dirpath, name))
+    return found
+
+
+class ProgressBar:
+    """A tqdm bar on stderr with files/s and audio-hours/s, or a callback, or nothing."""
+
+    def __init__(self, progress: bool | Progress, total: int) -> None:
+        self.callback = progress if callable(progress) else None
+        self.total = total
+        self.done = 0
+        self.start = time.monotonic()
+        self.bar = None
+        if progress is True:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="file", file=sys.stderr, dynamic_ncols=True, desc="indexing")
+
+    def advance(self, n: int, report: UpdateReport) -> None:
+        self.done += n
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(audio_h_per_s=f"{report.audio_seconds / 3600 / elapsed:.3f}", refresh=False)
+        if self.callback is not None:
+            self.callback({"done": self.done, "total": self.total, "embedded": report.embedded,
+                           "skipped": len(report.skipped), "audio_seconds": report.audio_seconds,
+                           "elapsed": elapsed})
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,1 @@
+"""Pretrained network definitions: the EfficientAT audio tagger and Hugging Face sentence encoders."""

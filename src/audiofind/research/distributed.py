@@ -1,0 +1,124 @@
+"""Processes, devices and random state of a training run: one process, or DDP under torchrun."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .train_config import (  # noqa: F401
+    AugmentConfig,
+    DataConfig,
+    OptimConfig,
+    TrainConfig,
+    apply_overrides,
+    as_config,
+    load_config,
+)
+from .train_data import (  # noqa: F401
+    CaptionDataset,
+    WaveDataset,
+    augment_caption,
+    collate,
+    crop_or_pad,
+    load_split,
+    mixup,
+)
+
+# ---------------------------------------------------------------- processes and devices
+
+
+@dataclass
+class Runtime:
+    """Who this process is (DDP rank) and what it computes on."""
+
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+    amp: torch.dtype | None
+    owns_group: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision when configured, else nothing."""
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU) and pick the device."""
+    if cfg.precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16, fp16 or fp32, not {cfg.precision!r}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        owns = True
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}.get(cfg.precision, "auto")
+    if amp == "auto":
+        amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_cuda else None
+    return Runtime(rank, world, local_rank, device, amp, owns)  # type: ignore[arg-type]
+
+
+def all_gather_objects(rt: Runtime, obj: Any) -> list[Any]:
+    if rt.world == 1:
+        return [obj]
+    out: list[Any] = [None] * rt.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random generator states as numpy arrays and plain values (safe to all_gather_object)."""
+    name, keys, *rest = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state().numpy(),
+        "python": random.getstate(),
+        "numpy": (name, keys, *rest),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state().numpy()
+    return state
+
+
+def storable(state: dict[str, Any]) -> dict[str, Any]:
+    """Arrays to tensors, so the state loads with torch.load(weights_only=True)."""
+    name, keys, *rest = state["numpy"]
+    out = {k: torch.from_numpy(np.array(v)) for k, v in state.items() if k in ("torch", "cuda")}
+    return {**out, "python": state["python"], "numpy": (name, torch.from_numpy(np.array(keys)), *rest)}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
