@@ -18,7 +18,7 @@ from mutagen.id3 import COMM, ID3, TALB, TCON, TIT2, TPE1, TXXX
 from mutagen.oggvorbis import OggVorbis
 from mutagen.wave import WAVE
 
-from audiofind.metadata import (
+from audiofind.library.metadata import (
     FIELD_CAP,
     FTS_COLUMNS,
     TOTAL_CAP,

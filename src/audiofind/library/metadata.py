@@ -29,7 +29,7 @@ import mutagen
 import snowballstemmer
 from wavinfo import WavInfoReader
 
-from audiofind.paths import printable_path
+from ..paths import printable_path
 
 log = logging.getLogger(__name__)
 
