@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from index_checks import text_and_vectors_in_step
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -186,6 +187,7 @@ def test_kill_9_midway_then_resume(tmp_path):
         proc.wait(30)
         proc.stderr.close()
 
+    text_and_vectors_in_step(index)  # names and tags are written in the same transactions as the vectors
     with Library.open(index) as lib:
         partial = len(lib)
         assert 4 <= partial < len(short)
@@ -199,6 +201,9 @@ def test_kill_9_midway_then_resume(tmp_path):
     with sqlite3.connect(index / DB_NAME) as conn:
         paths = [os.fsdecode(bytes(p)) for (p,) in conn.execute("SELECT path_bytes FROM files")]
     assert sorted(paths) == sorted(str(p) for p in sounds.iterdir())
+    text_and_vectors_in_step(index)
+    with sqlite3.connect(index / DB_NAME) as conn:  # the names the killed run had not embedded are done now
+        assert conn.execute("SELECT COUNT(*) FROM files WHERE name_vector IS NULL").fetchone()[0] == 0
     with Library.open(index) as lib:
         assert len(lib) == len(short)
         assert lib.similar(str(sounds / "clip_000.ogg"), k=5)

@@ -275,7 +275,7 @@ def test_cli_search_table_and_json(built, monkeypatch):
     table = runner.invoke(app, ["search", "a pure sine wave tone", "--index", str(lib.index_dir), "-k", "3"])
     assert table.exit_code == 0, table.output
     header, first, *rest = table.stdout.splitlines()
-    assert header.split() == ["rank", "score", "dur(s)", "tags", "path"] and len(rest) == 2
+    assert header.split() == ["rank", "match", "dur(s)", "why", "path"] and len(rest) == 2
     assert first.split()[0] == "1" and Path(first.split()[-1]).name.startswith("sine_")
     as_json = runner.invoke(app, ["search", "birds", "--index", str(lib.index_dir), "--json",
                                   "--path-prefix", str(sounds / "bird"), "--top-k", "10"])

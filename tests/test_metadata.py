@@ -7,7 +7,6 @@ import os
 import shutil
 import struct
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from mutagen.flac import FLAC
 from mutagen.id3 import COMM, ID3, TALB, TCON, TIT2, TPE1, TXXX
 from mutagen.oggvorbis import OggVorbis
 from mutagen.wave import WAVE
+from riff_fixtures import bext_chunk, chunk, info_chunk, ixml_chunk, riff_file, wav_fmt_and_data
 
 from audiofind.library.metadata import (
     FIELD_CAP,
@@ -183,39 +183,7 @@ def ogg_clip(sfx_dir: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def wav_parts(sfx_dir: Path) -> tuple[bytes, bytes]:
     """The fmt and data chunk bodies of a real WAV clip, to rebuild WAVs with extra chunks around them."""
-    raw = _shortest(sfx_dir, ".wav").read_bytes()
-    chunks, pos = {}, 12
-    while pos + 8 <= len(raw):
-        ident, n = raw[pos : pos + 4], struct.unpack("<I", raw[pos + 4 : pos + 8])[0]
-        chunks.setdefault(ident, raw[pos + 8 : pos + 8 + n])
-        pos += 8 + n + (n & 1)
-    return chunks[b"fmt "], chunks[b"data"]
-
-
-def _chunk(ident: bytes, body: bytes) -> bytes:
-    return ident + struct.pack("<I", len(body)) + body + b"\0" * (len(body) & 1)
-
-
-def _riff(*chunks: bytes, form: bytes = b"RIFF") -> bytes:
-    body = b"WAVE" + b"".join(chunks)
-    return form + struct.pack("<I", len(body) if form == b"RIFF" else 0xFFFFFFFF) + body
-
-
-def _bext(description: bytes, originator: bytes = b"ZOOM H6") -> bytes:
-    """A version-1 BWF bext chunk: description (256), originator (32), ref (32), date, time, ..., history."""
-    body = (
-        description.ljust(256, b"\0") + originator.ljust(32, b"\0") + b"\0" * 32 + b"2024-05-01" + b"12:00:00"
-    )
-    body += struct.pack("<QH", 0, 1) + b"\0" * 64 + b"\0" * 10 + b"\0" * 180 + b"A=PCM,F=48000\r\n"
-    return _chunk(b"bext", body)
-
-
-def _info(**fields: bytes) -> bytes:
-    return _chunk(b"LIST", b"INFO" + b"".join(_chunk(k.encode(), v + b"\0") for k, v in fields.items()))
-
-
-def _ixml(inner: str) -> bytes:
-    return _chunk(b"iXML", f'<?xml version="1.0" encoding="UTF-8"?><BWFXML>{inner}</BWFXML>'.encode())
+    return wav_fmt_and_data(_shortest(sfx_dir, ".wav"))
 
 
 def test_ogg_vorbis_comment(ogg_clip: Path, tmp_path: Path) -> None:
@@ -314,10 +282,10 @@ def test_wav_bext_info_ixml(wav_parts: tuple[bytes, bytes], tmp_path: Path) -> N
     fmt, data = wav_parts
     path = tmp_path / "ZOOM0001.WAV"
     path.write_bytes(
-        _riff(
-            _chunk(b"fmt ", fmt),
-            _bext(b"Dog barking behind a fence"),
-            _info(
+        riff_file(
+            chunk(b"fmt ", fmt),
+            bext_chunk(b"Dog barking behind a fence"),
+            info_chunk(
                 INAM="Forêt pluie".encode(),
                 ICMT=b"light rain",
                 IKEY=b"rain; forest",
@@ -326,8 +294,8 @@ def test_wav_bext_info_ixml(wav_parts: tuple[bytes, bytes], tmp_path: Path) -> N
                 IART=b"Nobody",
                 ISFT=b"Some DAW",
             ),
-            _ixml("<PROJECT>P1</PROJECT><SCENE>12</SCENE><TAKE>3</TAKE><NOTE>wild track</NOTE>"),
-            _chunk(b"data", data),
+            ixml_chunk("<PROJECT>P1</PROJECT><SCENE>12</SCENE><TAKE>3</TAKE><NOTE>wild track</NOTE>"),
+            chunk(b"data", data),
         )
     )
     assert sf.info(path).frames > 0  # the helper writes a valid WAV
@@ -350,7 +318,7 @@ def test_wav_bext_info_ixml(wav_parts: tuple[bytes, bytes], tmp_path: Path) -> N
 def test_wav_id3_chunk_and_bext_together(wav_parts: tuple[bytes, bytes], tmp_path: Path) -> None:
     fmt, data = wav_parts
     path = tmp_path / "x.wav"
-    path.write_bytes(_riff(_chunk(b"fmt ", fmt), _bext(b"glass smash"), _chunk(b"data", data)))
+    path.write_bytes(riff_file(chunk(b"fmt ", fmt), bext_chunk(b"glass smash"), chunk(b"data", data)))
     tags = WAVE(path)
     tags.add_tags()
     tags.tags.add(TIT2(encoding=3, text="Glass break"))
@@ -360,10 +328,12 @@ def test_wav_id3_chunk_and_bext_together(wav_parts: tuple[bytes, bytes], tmp_pat
 
 def test_rf64_with_bext_after_data(wav_parts: tuple[bytes, bytes], tmp_path: Path) -> None:
     fmt, data = wav_parts
-    ds64 = _chunk(b"ds64", struct.pack("<QQQI", 0, len(data), len(data) // 2, 0))
+    ds64 = chunk(b"ds64", struct.pack("<QQQI", 0, len(data), len(data) // 2, 0))
     big_data = b"data" + struct.pack("<I", 0xFFFFFFFF) + data + b"\0" * (len(data) & 1)
     path = tmp_path / "long.wav"
-    path.write_bytes(_riff(ds64, _chunk(b"fmt ", fmt), big_data, _bext(b"crowd cheering"), form=b"RF64"))
+    path.write_bytes(
+        riff_file(ds64, chunk(b"fmt ", fmt), big_data, bext_chunk(b"crowd cheering"), form=b"RF64")
+    )
     assert read_embedded(path) == {"description": "crowd cheering"}
 
 
@@ -378,7 +348,7 @@ def test_truncated_files(ogg_clip: Path, wav_parts: tuple[bytes, bytes], tmp_pat
     assert read_embedded(ogg_clip) == {}
     fmt, data = wav_parts
     wav = tmp_path / "cut.wav"
-    whole = _riff(_chunk(b"fmt ", fmt), _bext(b"engine idle"), _chunk(b"data", data))
+    whole = riff_file(chunk(b"fmt ", fmt), bext_chunk(b"engine idle"), chunk(b"data", data))
     wav.write_bytes(whole[: len(whole) - len(data) // 2])
     assert read_embedded(wav) == {"description": "engine idle"}  # what came before the cut is kept
     wav.write_bytes(wav.read_bytes()[:300])  # cut inside the bext chunk
@@ -397,7 +367,7 @@ def test_megabyte_of_junk_is_capped(ogg_clip: Path, wav_parts: tuple[bytes, byte
     fmt, data = wav_parts
     wav = tmp_path / "junk.wav"
     wav.write_bytes(
-        _riff(_chunk(b"fmt ", fmt), _info(ICMT=b"\x01y" * 500_000, INAM=b"hum"), _chunk(b"data", data))
+        riff_file(chunk(b"fmt ", fmt), info_chunk(ICMT=b"\x01y" * 500_000, INAM=b"hum"), chunk(b"data", data))
     )
     fields = read_embedded(wav)
     assert (
@@ -411,26 +381,24 @@ def test_hostile_riff_chunks(wav_parts: tuple[bytes, bytes], tmp_path: Path) -> 
     fmt, data = wav_parts
     path = tmp_path / "h.wav"
     # a bext claiming 4 GB, then nothing
-    path.write_bytes(_riff(_chunk(b"fmt ", fmt)) + b"bext" + struct.pack("<I", 0xFFFFFFF0) + b"\0" * 700)
+    path.write_bytes(riff_file(chunk(b"fmt ", fmt)) + b"bext" + struct.pack("<I", 0xFFFFFFF0) + b"\0" * 700)
     assert read_embedded(path) == {}
     # broken iXML and a broken INFO list next to a good bext: the good chunk still counts
-    bad_info = _chunk(b"LIST", b"INFO" + b"INAM" + struct.pack("<I", 10_000) + b"ab")
+    bad_info = chunk(b"LIST", b"INFO" + b"INAM" + struct.pack("<I", 10_000) + b"ab")
     path.write_bytes(
-        _riff(
-            _chunk(b"fmt ", fmt),
-            _chunk(b"iXML", b"<<<\xff\xfe not xml"),
+        riff_file(
+            chunk(b"fmt ", fmt),
+            chunk(b"iXML", b"<<<\xff\xfe not xml"),
             bad_info,
-            _bext("café door".encode()),
-            _chunk(b"data", data),
+            bext_chunk("café door".encode()),
+            chunk(b"data", data),
         )
     )
     fields = read_embedded(path)
     assert fields["description"] == "café door" and set(fields) <= {"description", "title"}  # title: 'ab'
-    # a hundred thousand empty chunks: the walk is bounded
-    path.write_bytes(_riff(_chunk(b"fmt ", fmt), b"JUNK\0\0\0\0" * 100_000, _bext(b"too far")))
-    start = time.monotonic()
+    # a hundred thousand empty chunks: the walk stops at its bound, so the bext behind them is not reached
+    path.write_bytes(riff_file(chunk(b"fmt ", fmt), b"JUNK\0\0\0\0" * 100_000, bext_chunk(b"too far")))
     assert read_embedded(path) == {}
-    assert time.monotonic() - start < 2
 
 
 @pytest.mark.parametrize(
@@ -450,7 +418,7 @@ def test_ixml_external_entities_are_not_read(wav_parts: tuple[bytes, bytes], tmp
     doctype = f'<!DOCTYPE BWFXML [<!ENTITY x SYSTEM "{secret.as_uri()}">]>'
     xml = f'<?xml version="1.0"?>{doctype}<BWFXML><NOTE>a &x; b</NOTE></BWFXML>'
     path = tmp_path / "x.wav"
-    path.write_bytes(_riff(_chunk(b"fmt ", fmt), _chunk(b"iXML", xml.encode()), _chunk(b"data", data)))
+    path.write_bytes(riff_file(chunk(b"fmt ", fmt), chunk(b"iXML", xml.encode()), chunk(b"data", data)))
     fields = read_embedded(path)
     assert fields.get("note", "").startswith("a") and "private" not in str(fields)
 

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from ..library import Library, LibraryError, SearchResult, UpdateReport
+from ..library.fusion import MODES, is_weak
 from ..paths import display_path
 
 app = typer.Typer(
@@ -41,6 +42,17 @@ MinDurOpt = Annotated[float | None, typer.Option("--min-duration", help="Only cl
 MaxDurOpt = Annotated[float | None, typer.Option("--max-duration", help="Only clips at most this long (s).")]
 PrefixOpt = Annotated[
     str | None, typer.Option("--path-prefix", help="Only clips whose absolute path starts with this.")
+]
+ModeOpt = Annotated[
+    str,
+    typer.Option("--mode", help="hybrid: by sound and by name/metadata words; audio: by sound only; "
+                 "text: by words only."),
+]
+MinScoreOpt = Annotated[
+    float | None,
+    typer.Option("--min-score", min=0.0, max=1.0,
+                 help="Only results whose match strength (0-1, calibrated: 0.5 = about one in two right) is "
+                 "at least this."),
 ]
 ModelOpt = Annotated[
     str | None,
@@ -85,8 +97,16 @@ def _tags_text(tags: Sequence[tuple[str, float]], n: int = 3, width: int = 40) -
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _why_text(r: SearchResult, width: int = 40) -> str:
+    """Query words found in the clip's name or tags (quoted), then the audio classes behind its score."""
+    why = r.why or {}
+    parts = [f'"{w}"' for w in why.get("words", [])] + list(why.get("tags", []))
+    text = ", ".join(parts) or "-"
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def print_results(results: list[SearchResult]) -> None:
-    """An aligned table: rank, score, duration, top tags, path."""
+    """An aligned table: rank, score, duration, top tags, path (for results by example)."""
     if not results:
         typer.echo("no results")
         return
@@ -96,12 +116,37 @@ def print_results(results: list[SearchResult]) -> None:
         typer.echo(f"{rank:>4}  {r.score:>6.3f}  {r.duration:>7.2f}  {tags_col:<40}  {r.display_path}")
 
 
+def print_matches(results: list[SearchResult], weak: str | None = None) -> None:
+    """An aligned table for text searches: rank, match strength, duration, why it matched, path."""
+    if weak:
+        typer.echo(weak + (": the closest sounds are" if results else ""))
+    if not results:
+        typer.echo("no results")
+        return
+    typer.echo(f"{'rank':>4}  {'match':>5}  {'dur(s)':>7}  {'why':<40}  path")
+    for rank, r in enumerate(results, 1):
+        why = _why_text(r)
+        typer.echo(f"{rank:>4}  {r.match or 0:>5.2f}  {r.duration:>7.2f}  {why:<40}  {r.display_path}")
+
+
+def weak_match_note(found: list[SearchResult]) -> str | None:
+    """The "nothing in this library matches well" line, when the best result is weak (else None)."""
+    best = found[0].match if found else None
+    if not is_weak(best):
+        return None
+    return f"nothing in this library matches well (best match {best or 0:.2f})"
+
+
 def _show_results(results: list[SearchResult], json_out: bool) -> None:
-    """One query's results: a JSON list with --json, else the table."""
+    """One query's results by example: a JSON list with --json, else the table."""
     if json_out:
         _print_json([r.to_dict() for r in results])
     else:
         print_results(results)
+
+
+def _above(results: list[SearchResult], min_score: float | None) -> list[SearchResult]:
+    return results if min_score is None else [r for r in results if (r.match or 0.0) >= min_score]
 
 
 def _summary(report: UpdateReport, stats: dict[str, Any]) -> str:
@@ -158,29 +203,37 @@ def search(
     index: IndexOpt = None,
     top_k: TopKOpt = 10,
     json_out: JsonOpt = False,
+    mode: ModeOpt = "hybrid",
+    min_score: MinScoreOpt = None,
     min_duration: MinDurOpt = None,
     max_duration: MaxDurOpt = None,
     path_prefix: PrefixOpt = None,
 ) -> None:
-    """Search the index by description. With --queries and --json: one JSON line per query."""
+    """Search the index by description. --json: a list of results (with --queries: one JSON line per
+    query, with "no_good_match"); a weak best match is reported as "nothing in this library matches well"."""
     filters = _filters(min_duration, max_duration, path_prefix)
     with errors():
         if (query is None) == (queries is None):
             raise UsageError("give either a QUERY or --queries FILE")
-        if queries is not None:
-            texts = _read_queries(queries)
+        if mode not in MODES:
+            raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
+        texts = [query] if query is not None else _read_queries(queries)
         with Library.open(index) as lib:
-            if query is not None:
-                _show_results(lib.search(query, top_k, **filters), json_out)
-                return
             for start in range(0, len(texts), QUERY_BATCH):
                 batch = texts[start:start + QUERY_BATCH]
-                for text, results in zip(batch, lib.search_many(batch, top_k, **filters), strict=True):
-                    if json_out:
-                        _print_json({"query": text, "results": [r.to_dict() for r in results]})
+                for text, found in zip(batch, lib.search_many(batch, top_k, mode, **filters), strict=True):
+                    results, weak = _above(found, min_score), weak_match_note(found)
+                    if query is not None and json_out:
+                        _print_json([r.to_dict() for r in results])
+                        if weak:
+                            typer.echo(f"audiofind: {weak}", err=True)
+                    elif json_out:
+                        _print_json({"query": text, "no_good_match": weak is not None,
+                                     "results": [r.to_dict() for r in results]})
                     else:
-                        typer.echo(f"\nquery: {text}")
-                        print_results(results)
+                        if query is None:
+                            typer.echo(f"\nquery: {text}")
+                        print_matches(results, weak)
 
 
 def _read_queries(path: Path) -> list[str]:
@@ -240,16 +293,28 @@ def tags(
 
 
 @app.command()
-def info(index: IndexOpt = None, json_out: JsonOpt = False) -> None:
-    """Show what the index holds: clips, audio hours, model, when and how fast it was built."""
+def info(
+    file: Annotated[str | None, typer.Argument(help="An indexed audio file.")] = None,
+    index: IndexOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show what the index holds (clips, audio hours, model, build time), or what it knows of FILE:
+    its record, tags and the words its name, folders and embedded metadata give for text search."""
     with errors(), Library.open(index) as lib:
-        stats = lib.stats()
+        if file is None:
+            shown = lib.stats()
+        else:
+            record = lib.find(file)
+            if record is None:
+                raise KeyError(f"{display_path(file)} is not in the index {lib.index_dir}")
+            shown = record.to_dict()
     if json_out:
-        _print_json(stats)
+        _print_json(shown)
     else:
-        width = max(map(len, stats))
-        for key, value in stats.items():
-            typer.echo(f"{key:<{width}}  {value}")
+        width = max(map(len, shown))
+        for key, value in shown.items():
+            text = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
+            typer.echo(f"{key:<{width}}  {text}")
 
 
 def _register_subcommands() -> None:

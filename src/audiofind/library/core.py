@@ -11,6 +11,7 @@ The SQLite side is in `store`, the incremental update in `updater`, the FAISS si
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -22,12 +23,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..audio import load_audio
+from ..models import sentence_encoder
 from ..paths import display_path
+from .hybrid import HybridSearch, TextSearcher
+from .names import fill_name_vectors
 from .records import ClipRecord, IndexNotFoundError, ModelMismatchError, Progress, SearchResult, UpdateReport
 from .searcher import VectorSearcher
 from .store import (
     DB_NAME,
     FAISS_NAME,
+    NAMES_FAISS_NAME,
     RECORD_COLUMNS,
     abspath,
     bump_generation,
@@ -44,6 +49,7 @@ from .workers import default_workers
 
 if TYPE_CHECKING:
     from ..models import EmbeddingModel
+    from ..models.encoders.text import TextEncoder
 
 
 class Library:
@@ -56,6 +62,11 @@ class Library:
         self._model: EmbeddingModel | None = None
         self._lock = threading.RLock()
         self._vectors = VectorSearcher(index_dir, conn, self._lock, index_kind, nprobe, self._dim)
+        self._names = VectorSearcher(index_dir, conn, self._lock, index_kind, nprobe,
+                                     lambda: self.sentences.dim,
+                                     column="name_vector", file_name=NAMES_FAISS_NAME)
+        self._hybrid: HybridSearch | None = None  # built on the first text search
+        self._sentences: TextEncoder | None = None
 
     @property
     def index_kind(self) -> str:
@@ -172,8 +183,10 @@ class Library:
             self._conn.execute("DELETE FROM failures")
             self._conn.execute("DELETE FROM meta WHERE key IN ('model_id', 'model_name', 'dim')")
             bump_generation(self._conn)
-        (self.index_dir / FAISS_NAME).unlink(missing_ok=True)
+        for name in (FAISS_NAME, NAMES_FAISS_NAME):
+            (self.index_dir / name).unlink(missing_ok=True)
         self._vectors.forget()
+        self._names.forget()
 
     def _adopt_model(self, model: EmbeddingModel, name: str | None) -> None:
         """Check `model` against the index's recorded one, or record it in a new index."""
@@ -229,6 +242,7 @@ class Library:
             commits = Updater(self._conn, self._lock, lambda: self.model).run(
                 abs_roots, report, workers=workers, progress=progress, batch_size=batch_size,
                 max_duration=max_duration)
+            commits += fill_name_vectors(self._conn, self._lock, lambda texts: self.sentences.encode(texts))
         finally:
             with self._lock, transaction(self._conn):
                 seconds = float(self._meta("build_seconds") or 0) + time.monotonic() - start
@@ -236,7 +250,8 @@ class Library:
                                    (f"{seconds:.3f}",))
         with self._lock:
             if commits:
-                self._vectors.reload()  # write vectors.faiss for the final generation
+                self._vectors.reload()  # write vectors.faiss and names.faiss for the final generation
+                self._names.reload()
         report.wall_seconds = time.monotonic() - start
         return report
 
@@ -245,27 +260,50 @@ class Library:
     def refresh(self) -> bool:
         """Pick up changes another process committed; True when there were any."""
         with self._lock:
-            if not self._vectors.is_stale():
+            if not (self._vectors.is_stale() or self._names.is_stale()):
                 return False
             self._vectors.forget()
+            self._names.forget()
             return True
 
-    def search(self, query: str, k: int = 10, **filters: Any) -> list[SearchResult]:
-        """The `k` clips that best match a description, best first."""
-        return self.search_many([query], k, **filters)[0]
+    def search(self, query: str, k: int = 10, mode: str = "hybrid", **filters: Any) -> list[SearchResult]:
+        """The `k` clips that best match a description, best first.
 
-    def search_many(self, queries: Sequence[str], k: int = 10, **filters: Any) -> list[list[SearchResult]]:
+        `mode` "hybrid" (default) ranks by sound and by name/metadata words together, "audio" by sound
+        only, "text" by words only (BM25 over each clip's text record); see `library.fusion`.
+        """
+        return self.search_many([query], k, mode, **filters)[0]
+
+    def search_many(self, queries: Sequence[str], k: int = 10, mode: str = "hybrid",
+                    **filters: Any) -> list[list[SearchResult]]:
         """Several descriptions with one text-encoder batch."""
         if isinstance(queries, str):
             raise TypeError("search_many takes a list of queries; use search() for one")
         if not queries:
             return []
-        vectors = self.model.encode_text(list(queries))
-        return self._vectors.search(vectors, k, **filters)
+        return self.search_encoded(queries, self.model.encode_text(list(queries)), k, mode, **filters)
+
+    def search_encoded(self, queries: Sequence[str], vectors: np.ndarray, k: int = 10, mode: str = "hybrid",
+                       **filters: Any) -> list[list[SearchResult]]:
+        """`search_many` with the query vectors already computed (the server batches them)."""
+        with self._lock:
+            if self._hybrid is None:
+                self._hybrid = HybridSearch(self._vectors, TextSearcher(self._conn, self._lock), self._names,
+                                            self.sentences.encode,
+                                            class_names=getattr(self.model, "class_names", None))
+            vectors = np.asarray(vectors, dtype=np.float32)
+            return self._hybrid.search(list(queries), vectors, k, mode, **filters)
 
     def search_vector(self, vector: np.ndarray, k: int = 10, **filters: Any) -> list[SearchResult]:
         """Search with a vector from the index's own space (e.g. an embedded clip)."""
         return self._vectors.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k, **filters)[0]
+
+    def find(self, path: str | os.PathLike[str]) -> ClipRecord | None:
+        """The record of an indexed file by its path, or None."""
+        with self._lock:
+            row = self._conn.execute("SELECT id FROM files WHERE path_bytes = ?",
+                                     (os.fsencode(abspath(path)),)).fetchone()
+        return self.clip(row[0]) if row is not None else None
 
     def similar(self, clip: int | str | os.PathLike[str], k: int = 10, **filters: Any) -> list[SearchResult]:
         """Clips that sound like `clip`: an indexed id/path (stored vector, itself excluded) or any file."""
@@ -275,12 +313,9 @@ class Library:
             vector, exclude = rec.vector, {rec.id}
         else:
             path = abspath(clip)
-            with self._lock:
-                row = self._conn.execute("SELECT id FROM files WHERE path_bytes = ?",
-                                         (os.fsencode(path),)).fetchone()
-            if row is not None:
-                rec = self.clip(row[0])
-                vector, exclude = rec.vector, {rec.id}
+            found = self.find(path)
+            if found is not None:
+                vector, exclude = found.vector, {found.id}
             else:
                 if not os.path.exists(path):
                     raise FileNotFoundError(f"no such file: {display_path(path)}")
@@ -288,6 +323,14 @@ class Library:
                 wave, _ = load_audio(path, sample_rate=model.sample_rate)
                 vector = model.embed_audio([wave]).vectors[0]
         return self._vectors.search(vector.reshape(1, -1), k, exclude=exclude, **filters)[0]
+
+    @property
+    def sentences(self) -> TextEncoder:
+        """The sentence encoder of clip names and queries (all-MiniLM-L6-v2), shared with the model's."""
+        with self._lock:
+            if self._sentences is None:
+                self._sentences = sentence_encoder(self.model)
+            return self._sentences
 
     def _dim(self) -> int:
         dim = self._meta("dim")
@@ -302,11 +345,13 @@ class Library:
                                      (int(clip_id),)).fetchone()
         if row is None:
             raise KeyError(f"no clip with id {clip_id} in {self.index_dir}")
-        (id_, path_b, size, mtime_ns, digest, duration, rate, channels, tags, model_id, indexed_at, vec) = row
+        (id_, path_b, size, mtime_ns, digest, duration, rate, channels, tags, model_id, indexed_at, vec,
+         text) = row
         return ClipRecord(id=id_, path=os.fsdecode(bytes(path_b)), size=size, mtime_ns=mtime_ns,
                           content_hash=digest, duration=duration, sample_rate=rate, channels=channels,
                           tags=tags_from_json(tags), model_id=model_id, indexed_at=indexed_at,
-                          vector=np.frombuffer(vec, dtype="<f4").astype(np.float32))
+                          vector=np.frombuffer(vec, dtype="<f4").astype(np.float32),
+                          words=json.loads(text)["words"] if text else {})
 
     def stats(self) -> dict[str, Any]:
         """Counts and provenance for `audiofind info` and the server's status page."""

@@ -35,22 +35,34 @@ class SearchResult:
 
     id: int
     path: str  # os.fsdecode of the stored bytes: opens the file even when the name is not UTF-8
-    score: float  # cosine similarity, higher is better
+    score: float  # what the ranking used, higher is better: cosine (audio), fused (hybrid) or BM25 (text)
     duration: float
     tags: Tags
+    match: float | None = None  # calibrated match strength in [0, 1] (see library.fusion)
+    audio_score: float | None = None  # cosine similarity of query and clip vectors
+    text_score: float | None = None  # saturated BM25 of the query over the clip's text record, in [0, 1)
+    name_score: float | None = None  # cosine of the query's and the clip name's sentence vectors
+    why: dict[str, list[str]] | None = None  # {"words": query words in its name/tags, "tags": audio classes}
 
     @property
     def display_path(self) -> str:
         return display_path(self.path)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "id": self.id,
             "path": self.display_path,
             "score": round(self.score, 6),
             "duration": round(self.duration, 3),
             "tags": [{"label": label, "prob": round(prob, 4)} for label, prob in self.tags],
         }
+        for key in ("match", "audio_score", "text_score", "name_score"):
+            value = getattr(self, key)
+            if value is not None:
+                d[key] = round(value, 4)
+        if self.why is not None:
+            d["why"] = self.why
+        return d
 
 
 @dataclass
@@ -69,6 +81,7 @@ class ClipRecord:
     model_id: str
     indexed_at: float
     vector: np.ndarray = field(repr=False)
+    words: dict[str, Any] = field(default_factory=dict)  # the text record: name, folders, UCS, embedded tags
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

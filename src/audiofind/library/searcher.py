@@ -36,9 +36,13 @@ class VectorSearcher:
     """The in-memory FAISS index of one library, with the generation of the rows it reflects."""
 
     def __init__(self, index_dir: Path, conn: sqlite3.Connection, lock: threading.RLock, index_kind: str,
-                 nprobe: int, dim: Callable[[], int]) -> None:
+                 nprobe: int, dim: Callable[[], int], column: str = "vector",
+                 file_name: str = FAISS_NAME) -> None:
+        """`column` of `files` holds the vectors (rows with an empty or NULL one are left out)."""
         self.index_dir, self.conn, self.lock = index_dir, conn, lock
         self.index_kind, self.nprobe, self._dim = index_kind, nprobe, dim
+        self.column, self.file_name = column, file_name
+        self._present = f"length({column}) > 0"
         self._index: faiss.Index | None = None
         self._index_generation = -1
 
@@ -46,7 +50,7 @@ class VectorSearcher:
         return int(read_meta(self.conn, "generation") or 0)
 
     def _count(self) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+        return self.conn.execute(f"SELECT COUNT(*) FROM files WHERE {self._present}").fetchone()[0]
 
     def forget(self) -> None:
         """Drop the in-memory index: the next search reloads it."""
@@ -75,7 +79,7 @@ class VectorSearcher:
 
     def _load_index(self, prefer_file: bool) -> None:
         """Use vectors.faiss when it reflects the current generation, else rebuild it from SQLite."""
-        path = self.index_dir / FAISS_NAME
+        path = self.index_dir / self.file_name
         with transaction(self.conn, "DEFERRED"):  # generation and vectors from one snapshot
             generation = self._generation()
             n = self._count()
@@ -104,7 +108,7 @@ class VectorSearcher:
 
         previous = self._index
         if previous is None:
-            loaded = read_faiss_file(self.index_dir / FAISS_NAME)
+            loaded = read_faiss_file(self.index_dir / self.file_name)
             previous = loaded[1] if loaded is not None else None
         ivf = faiss.try_extract_index_ivf(previous) if previous is not None else None
         if ivf is None or not ivf.is_trained:
@@ -126,10 +130,12 @@ class VectorSearcher:
         row = 0
         for chunk in chunks:
             if chunk is None:
-                cursor = self.conn.execute("SELECT id, vector FROM files ORDER BY id")
+                cursor = self.conn.execute(f"SELECT id, {self.column} FROM files WHERE {self._present} "
+                                           "ORDER BY id")
             else:
                 marks = ",".join("?" * len(chunk))
-                cursor = self.conn.execute(f"SELECT id, vector FROM files WHERE id IN ({marks})", chunk)
+                cursor = self.conn.execute(f"SELECT id, {self.column} FROM files WHERE id IN ({marks}) "
+                                           f"AND {self._present}", chunk)
             for clip_id, blob in cursor:
                 if row == n:  # rows added since the count: the next refresh picks them up
                     break
@@ -173,21 +179,11 @@ class VectorSearcher:
     def _filter_ids(self, min_duration: float | None, max_duration: float | None,
                     path_prefix: str | os.PathLike[str] | None) -> np.ndarray | None:
         """Ids passing the filters, or None when there are no filters."""
-        clauses: list[str] = []
-        args: list[Any] = []
-        if min_duration is not None:
-            clauses.append("duration >= ?")
-            args.append(float(min_duration))
-        if max_duration is not None:
-            clauses.append("duration <= ?")
-            args.append(float(max_duration))
-        if path_prefix is not None and os.fspath(path_prefix) != "":
-            lo, hi = prefix_range(os.fsencode(abspath(path_prefix)))
-            clauses.append("path_bytes >= ? AND (? IS NULL OR path_bytes < ?)")
-            args += [lo, hi, hi]
-        if not clauses:
+        clause = filter_clause(min_duration, max_duration, path_prefix)
+        if clause is None:
             return None
-        rows = self.conn.execute(f"SELECT id FROM files WHERE {' AND '.join(clauses)}", args).fetchall()
+        rows = self.conn.execute(f"SELECT id FROM files WHERE {clause[0]} AND {self._present}",
+                                 clause[1]).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
 
     def results(self, hits: list[tuple[int, float]]) -> list[SearchResult]:
@@ -201,3 +197,21 @@ class VectorSearcher:
                              tags=tags_from_json(rows[i][3]))
                 for i, s in hits if i in rows]  # a row deleted by another process since the last refresh
 
+
+
+def filter_clause(min_duration: float | None = None, max_duration: float | None = None,
+                  path_prefix: str | os.PathLike[str] | None = None) -> tuple[str, list[Any]] | None:
+    """A WHERE clause over `files` (and its arguments) for the search filters, or None for no filter."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    if min_duration is not None:
+        clauses.append("duration >= ?")
+        args.append(float(min_duration))
+    if max_duration is not None:
+        clauses.append("duration <= ?")
+        args.append(float(max_duration))
+    if path_prefix is not None and os.fspath(path_prefix) != "":
+        lo, hi = prefix_range(os.fsencode(abspath(path_prefix)))
+        clauses.append("path_bytes >= ? AND (? IS NULL OR path_bytes < ?)")
+        args += [lo, hi, hi]
+    return (" AND ".join(clauses), args) if clauses else None

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +25,8 @@ from .records import LibraryError, Tags
 INDEX_ENV = "AUDIOFIND_INDEX"
 DB_NAME = "library.sqlite"
 FAISS_NAME = "vectors.faiss"
-SCHEMA_VERSION = 1
+NAMES_FAISS_NAME = "names.faiss"  # the sentence vectors of the clips' names, for dense name search
+SCHEMA_VERSION = 2  # 2: a text record per clip (files.text) mirrored into the FTS5 table clip_text
 COMMIT_EVERY_FILES = 64  # a crash loses at most this many files' work ...
 COMMIT_EVERY_SECONDS = 2.0  # ... or this much time's
 
@@ -55,7 +56,9 @@ CREATE TABLE IF NOT EXISTS files (
     tags TEXT NOT NULL,               -- JSON [[label, prob], ...], best first
     model_id TEXT NOT NULL,
     vector BLOB NOT NULL,             -- float32 little-endian, L2-normalised
-    indexed_at REAL NOT NULL
+    indexed_at REAL NOT NULL,
+    text TEXT,                        -- JSON {"words", "fts"} from library.metadata; NULL: not built yet
+    name_vector BLOB                  -- float32 sentence vector of the name words (empty: none; NULL: to do)
 );
 CREATE TABLE IF NOT EXISTS failures (  -- undecodable files, not retried until their (size, mtime) change
     path_bytes BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, reason TEXT NOT NULL
@@ -65,18 +68,43 @@ CREATE INDEX IF NOT EXISTS files_hash ON files(content_hash);
 CREATE INDEX IF NOT EXISTS files_duration ON files(duration);
 """
 
+# The BM25 side: one FTS5 row per clip (rowid = files.id), kept in step with `files.text` by triggers, so
+# text and vectors change in the same transaction and a crash can never leave them apart. A changed text
+# also clears the name vector, which the next update recomputes (NULL means "to do").
+_TEXT_SCHEMA = """
+CREATE VIRTUAL TABLE IF NOT EXISTS clip_text USING fts5(name, folders, ucs_category, metadata,
+                                                        tokenize = 'unicode61');
+CREATE TRIGGER IF NOT EXISTS files_text_insert AFTER INSERT ON files WHEN new.text IS NOT NULL BEGIN
+    INSERT INTO clip_text(rowid, name, folders, ucs_category, metadata) VALUES (new.id,
+        json_extract(new.text, '$.fts.name'), json_extract(new.text, '$.fts.folders'),
+        json_extract(new.text, '$.fts.ucs_category'), json_extract(new.text, '$.fts.metadata'));
+END;
+CREATE TRIGGER IF NOT EXISTS files_text_update AFTER UPDATE OF text ON files BEGIN
+    UPDATE files SET name_vector = NULL WHERE id = new.id;
+    DELETE FROM clip_text WHERE rowid = old.id;
+    INSERT INTO clip_text(rowid, name, folders, ucs_category, metadata) SELECT new.id,
+        json_extract(new.text, '$.fts.name'), json_extract(new.text, '$.fts.folders'),
+        json_extract(new.text, '$.fts.ucs_category'), json_extract(new.text, '$.fts.metadata')
+        WHERE new.text IS NOT NULL;
+END;
+CREATE TRIGGER IF NOT EXISTS files_text_delete AFTER DELETE ON files BEGIN
+    DELETE FROM clip_text WHERE rowid = old.id;
+END;
+"""
+
 UPSERT = """
 INSERT INTO files (path_bytes, path, size, mtime_ns, content_hash, duration, sample_rate, channels,
-                   tags, model_id, vector, indexed_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   tags, model_id, vector, indexed_at, text)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT(path_bytes) DO UPDATE SET
     size=excluded.size, mtime_ns=excluded.mtime_ns, content_hash=excluded.content_hash,
     duration=excluded.duration, sample_rate=excluded.sample_rate, channels=excluded.channels,
-    tags=excluded.tags, model_id=excluded.model_id, vector=excluded.vector, indexed_at=excluded.indexed_at
+    tags=excluded.tags, model_id=excluded.model_id, vector=excluded.vector, indexed_at=excluded.indexed_at,
+    text=excluded.text
 """
 
 RECORD_COLUMNS = ("id, path_bytes, size, mtime_ns, content_hash, duration, sample_rate, channels, tags, "
-                   "model_id, indexed_at, vector")
+                  "model_id, indexed_at, vector, text")
 
 
 def now_iso() -> str:
@@ -168,6 +196,7 @@ class KnownFile:
     size: int
     mtime_ns: int
     content_hash: str
+    has_text: bool = True  # False for rows of a version-1 index: their text is built on the next update
 
 
 # ---------------------------------------------------------------- the library
@@ -178,6 +207,17 @@ def read_meta(conn: sqlite3.Connection, key: str) -> str | None:
     return row[0] if row else None
 
 
+def _statements(script: str) -> Iterator[str]:
+    """The complete SQL statements of a script (trigger bodies hold semicolons of their own)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending.strip()
+            pending = ""
+
+
 def connect(db_path: Path) -> sqlite3.Connection:
     """Open in WAL mode and autocommit, creating the schema; 'not a database' becomes a clear error."""
     try:
@@ -185,10 +225,18 @@ def connect(db_path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         with transaction(conn):
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _statements(_SCHEMA):
+                conn.execute(statement)
             version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if version is not None and version[0] == "1":  # add the text side; rows get their text on update
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(files)")}
+                for column, kind in (("text", "TEXT"), ("name_vector", "BLOB")):
+                    if column not in columns:
+                        conn.execute(f"ALTER TABLE files ADD COLUMN {column} {kind}")
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+                version = (str(SCHEMA_VERSION),)
+            for statement in _statements(_TEXT_SCHEMA):
+                conn.execute(statement)
             if version is None:
                 now = now_iso()
                 conn.executemany("INSERT INTO meta VALUES (?, ?)", [

@@ -2,11 +2,14 @@
 
 Unchanged files are skipped by (size, mtime); changed ones are hashed, and only content never seen
 before goes through the model. Moved files keep their vector (same content hash), copies reuse it.
-Row changes go through a `Writer`, so a crash loses at most a few seconds of work.
+Every row written carries the file's text record (`metadata.build_text_record`: name, folders, tags),
+which triggers mirror into the FTS5 table in the same transaction. Row changes go through a `Writer`,
+so a crash loses at most a few seconds of work.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
@@ -21,6 +24,7 @@ import numpy as np
 
 from ..audio import AUDIO_EXTENSIONS
 from ..paths import display_path
+from .metadata import build_text_record
 from .records import Progress, UpdateReport
 from .store import UPSERT, KnownFile, Writer, prefix_range, tags_json, vector_blob
 from .workers import (
@@ -44,14 +48,24 @@ class Updater:
     def __init__(self, conn: sqlite3.Connection, lock: threading.RLock,
                  model: Callable[[], EmbeddingModel]) -> None:
         self.conn, self.lock, self.model = conn, lock, model  # the model loads only if audio is new
+        self.roots: list[str] = []
+
+    def text(self, path_b: bytes) -> str:
+        """The JSON text record of a file, its folders taken relative to the deepest root holding it."""
+        path = os.fsdecode(path_b)
+        under = [r for r in self.roots if os.path.isdir(r) and path.startswith(r.rstrip(os.sep) + os.sep)]
+        record = build_text_record(path, max(under, key=len) if under else os.path.dirname(path))
+        return json.dumps({"words": record.to_dict(), "fts": record.fts_columns()}, ensure_ascii=False)
 
     def run(self, abs_roots: Sequence[str], report: UpdateReport, *, workers: int, progress: bool | Progress,
             batch_size: int, max_duration: float | None) -> int:
         """Bring the rows under `abs_roots` in line with the files there; returns the commits made."""
+        self.roots = list(abs_roots)
         listing = scan_roots(abs_roots, report)
         with self.lock:
             known = {p: KnownFile(*rest) for p, *rest in self._rows_under(
-                abs_roots, "SELECT path_bytes, id, size, mtime_ns, content_hash FROM files")}
+                abs_roots, "SELECT path_bytes, id, size, mtime_ns, content_hash, text IS NOT NULL "
+                           "FROM files")}
             failed = {p: rest for p, *rest in self._rows_under(
                 abs_roots, "SELECT path_bytes, size, mtime_ns, reason FROM failures")}
         bar = ProgressBar(progress, total=len(listing))
@@ -62,6 +76,8 @@ class Updater:
                 rec = known.get(path_b)
                 if rec is not None and rec.size == size and rec.mtime_ns == mtime_ns:
                     report.unchanged += 1
+                    if not rec.has_text:  # an index from before text records: no decoding needed
+                        writer.add("UPDATE files SET text = ? WHERE id = ?", (self.text(path_b), rec.id))
                 elif rec is None and failed.get(path_b, [None])[:2] == [size, mtime_ns]:
                     report.skipped.append((display_path(path_b), failed[path_b][2]))  # known bad, unchanged
                 else:
@@ -116,15 +132,16 @@ class Updater:
                 else:
                     size, mtime_ns, digest = result
                     if rec is not None and rec.content_hash == digest:
-                        writer.add("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?",
-                                   (size, mtime_ns, rec.id))
+                        writer.add("UPDATE files SET size = ?, mtime_ns = ?, text = ? WHERE id = ?",
+                                   (size, mtime_ns, self.text(path_b), rec.id))
                         report.unchanged += 1
                     elif orphans.get(digest):
                         old_path, old = orphans[digest].pop()
                         if rec is not None:
                             writer.add("DELETE FROM files WHERE id = ?", (rec.id,))
-                        writer.add("UPDATE files SET path_bytes = ?, path = ?, size = ?, mtime_ns = ? "
-                                   "WHERE id = ?", (path_b, display_path(path_b), size, mtime_ns, old.id))
+                        writer.add("UPDATE files SET path_bytes = ?, path = ?, size = ?, mtime_ns = ?, "
+                                   "text = ? WHERE id = ?",
+                                   (path_b, display_path(path_b), size, mtime_ns, self.text(path_b), old.id))
                         report.moved += 1
                     elif self._copy_vector(digest, path_b, size, mtime_ns, writer):
                         report.updated += rec is not None
@@ -146,7 +163,8 @@ class Updater:
                 "WHERE content_hash = ? LIMIT 1", (digest,)).fetchone()
         if row is None:
             return False
-        writer.add(UPSERT, (path_b, display_path(path_b), size, mtime_ns, digest, *row, time.time()))
+        writer.add(UPSERT, (path_b, display_path(path_b), size, mtime_ns, digest, *row, time.time(),
+                            self.text(path_b)))
         return True
 
     def _skip(self, path_b: bytes, reason: str, rec: KnownFile | None, writer: Writer,
@@ -217,7 +235,8 @@ class Updater:
             for (path_b, (size, mtime_ns, digest), wave, info), vec, tags in zip(
                     group, embeddings.vectors, embeddings.tags, strict=True):
                 writer.add(UPSERT, (path_b, display_path(path_b), size, mtime_ns, digest, *info,
-                                     tags_json(tags), model.model_id, vector_blob(vec), time.time()))
+                                     tags_json(tags), model.model_id, vector_blob(vec), time.time(),
+                                     self.text(path_b)))
                 writer.add("DELETE FROM failures WHERE path_bytes = ?", (path_b,))
                 report.embedded += 1
                 report.audio_seconds += len(wave) / model.sample_rate

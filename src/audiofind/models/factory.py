@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .base import EmbeddingModel
+
+if TYPE_CHECKING:
+    from .encoders.text import TextEncoder
 
 DEFAULT_MODEL = "default"
 
@@ -34,3 +39,14 @@ def load_model(name: str | None = None, device: str = "cpu") -> EmbeddingModel:
         f"unknown model {name!r}: use {' or '.join(repr(p) for p in zero_shot_presets())} (zero-shot) "
         "or the path of a checkpoint written by `audiofind train`"
     )
+
+
+def sentence_encoder(model: EmbeddingModel | None = None) -> TextEncoder:
+    """The general-purpose sentence encoder (all-MiniLM-L6-v2) used for clip names, shared with `model` when
+    it already holds one (the zero-shot model does), so it is loaded once."""
+    from .encoders.text import DEFAULT_TEXT_MODEL, TextEncoder
+
+    own = getattr(model, "text_encoder", None) if model is not None else None
+    if isinstance(own, TextEncoder) and own.name == DEFAULT_TEXT_MODEL and own.pooling == "mean":
+        return own
+    return TextEncoder(DEFAULT_TEXT_MODEL)

@@ -85,6 +85,11 @@ class ZeroShotModel:
         self.source = source or self.model_id  # the name `load_model` knows it by
         self.dim = len(self.vocab) if self.config.space == "class" else self.text_encoder.dim
 
+    @property
+    def class_names(self) -> list[str] | None:
+        """The name of each dimension of the search space, when it is the class space (for explanations)."""
+        return self.vocab.names if self.config.space == "class" else None
+
     def _freeze_tagger(self) -> None:
         """Bulk embedding pays for a TorchScript graph of the tagger; a failure only costs speed."""
         self._frozen = True

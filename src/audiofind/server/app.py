@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 from fastapi import FastAPI, Query, Request
@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 from .. import __version__
 from ..audio import AUDIO_EXTENSIONS
 from ..library import Library, LibraryError, SearchResult
+from ..library.fusion import is_weak
 from .errors import ApiError, error_response
 from .schemas import SIMILAR_OPENAPI, SimilarRequest, clip_links, result_dict
 from .security import LOOPBACK_NAMES, SESSION_COOKIE, BodyTooLarge, Guard, session_cookie_value
@@ -248,17 +249,24 @@ def _install_routes(app: FastAPI, service: LibraryService, limits: Limits, token
         min_duration: float | None = Query(None, ge=0),
         max_duration: float | None = Query(None, ge=0),
         path_prefix: str | None = Query(None, max_length=4096, description="an absolute folder"),
+        mode: Literal["hybrid", "audio", "text"] = Query(
+            "hybrid", description="hybrid: by sound and by name/metadata words; audio: sound; text: words"
+        ),
+        min_score: float | None = Query(None, ge=0, le=1, description="drop results with a weaker match"),
     ) -> dict[str, Any]:
         if not q.strip():
             raise ApiError(400, "empty query")
         filters = _filters(min_duration, max_duration, path_prefix)
         start = time.perf_counter()
         vector = await service.text_vector_async(q.strip())
-        hits = await run_in_threadpool(service.search_vector, vector, k, filters)
+        found = await run_in_threadpool(service.search_vector, q.strip(), vector, k, filters, mode)
+        hits = [h for h in found if min_score is None or (h.match or 0.0) >= min_score]
         return {
             "query": q,
             "k": k,
+            "mode": mode,
             "count": len(hits),
+            "no_good_match": is_weak(found[0].match if found else None),
             "results": [result_dict(h) for h in hits],
             "took_ms": round(1000 * (time.perf_counter() - start), 2),
         }

@@ -114,14 +114,15 @@ class LibraryService:
         vec = self._cached_vector(query)
         return vec if vec is not None else await asyncio.wrap_future(self._batcher.submit(query))
 
-    def search_vector(self, vector: np.ndarray, k: int, filters: dict[str, Any]) -> list[SearchResult]:
-        """The index side of a text search (FAISS and SQLite, under the library's lock)."""
+    def search_vector(self, query: str, vector: np.ndarray, k: int, filters: dict[str, Any],
+                      mode: str = "hybrid") -> list[SearchResult]:
+        """The index side of a text search (FAISS, FTS5 and SQLite, under the library's lock)."""
         self.maybe_refresh()
-        return self.library.search_vector(vector, k, **filters)
+        return self.library.search_encoded([query], vector.reshape(1, -1), k, mode, **filters)[0]
 
-    def search(self, query: str, k: int, filters: dict[str, Any]) -> list[SearchResult]:
+    def search(self, query: str, k: int, filters: dict[str, Any], mode: str = "hybrid") -> list[SearchResult]:
         """Text search, blocking."""
-        return self.search_vector(self.text_vector(query), k, filters)
+        return self.search_vector(query, self.text_vector(query), k, filters, mode)
 
     def similar_to_clip(self, clip_id: int, k: int, filters: dict[str, Any]) -> list[SearchResult]:
         """Clips like an indexed one: its stored vector, no model run."""
