@@ -36,10 +36,12 @@ from .. import __version__
 from ..audio import AUDIO_EXTENSIONS
 from ..library import Library, LibraryError, SearchResult
 from .errors import ApiError, error_response
+from .routes_workbench import install_workbench_routes
 from .schemas import SIMILAR_OPENAPI, SimilarRequest, clip_links, result_dict
 from .security import LOOPBACK_NAMES, SESSION_COOKIE, BodyTooLarge, Guard, session_cookie_value
 from .service import LibraryService, Limits
 from .streaming import CHUNK_BYTES, audio_response
+from .workbench import MAX_OVERFETCH, search_with_formats
 
 if TYPE_CHECKING:
     from ..models import EmbeddingModel
@@ -136,6 +138,7 @@ def create_app(
     app.state.limits = limits
     _install_error_handlers(app)
     _install_routes(app, service, limits, token)
+    install_workbench_routes(app, service)
     app.add_middleware(
         Guard, token=token, allowed_hosts=allowed_hosts, max_upload_bytes=limits.max_upload_bytes
     )
@@ -143,7 +146,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(cors_origins),
-            allow_methods=["GET", "HEAD", "POST"],
+            allow_methods=["GET", "HEAD", "POST", "DELETE"],
             allow_headers=["Authorization", "X-Audiofind-Token", "Range", "Content-Type"],
             expose_headers=["Content-Range", "Accept-Ranges", "Content-Length"],
         )
@@ -248,18 +251,22 @@ def _install_routes(app: FastAPI, service: LibraryService, limits: Limits, token
         min_duration: float | None = Query(None, ge=0),
         max_duration: float | None = Query(None, ge=0),
         path_prefix: str | None = Query(None, max_length=4096, description="an absolute folder"),
+        sample_rate: int | None = Query(None, ge=1, le=768_000, description="only clips at this rate"),
+        channels: int | None = Query(None, ge=1, le=64, description="only clips with this many channels"),
     ) -> dict[str, Any]:
         if not q.strip():
             raise ApiError(400, "empty query")
         filters = _filters(min_duration, max_duration, path_prefix)
         start = time.perf_counter()
         vector = await service.text_vector_async(q.strip())
-        hits = await run_in_threadpool(service.search_vector, vector, k, filters)
+        hits, formats = await run_in_threadpool(
+            search_with_formats, service, lambda n: service.search_vector(vector, n, filters), k, sample_rate,
+            channels)
         return {
             "query": q,
             "k": k,
             "count": len(hits),
-            "results": [result_dict(h) for h in hits],
+            "results": [result_dict(h, formats.get(h.id)) for h in hits],
             "took_ms": round(1000 * (time.perf_counter() - start), 2),
         }
 
@@ -322,17 +329,23 @@ def _install_routes(app: FastAPI, service: LibraryService, limits: Limits, token
         if upload is not None:
             if params.id is not None:
                 raise ApiError(400, "give either a file or an id, not both")
-            hits, source = await _similar_upload(service, upload, params.k, filters, limits)
+            wanted = params.sample_rate is not None or params.channels is not None
+            fetched, source = await _similar_upload(
+                service, upload, MAX_OVERFETCH if wanted else params.k, filters, limits)
+            search: Callable[[int], list[SearchResult]] = lambda n: fetched[:n]  # noqa: E731
         elif params.id is not None:
-            hits = await run_in_threadpool(service.similar_to_clip, params.id, params.k, filters)
+            clip_id = params.id
+            search = lambda n: service.similar_to_clip(clip_id, n, filters)  # noqa: E731
             source = {"id": params.id}
         else:
             raise ApiError(400, "give a clip id or upload a file", None)
+        hits, formats = await run_in_threadpool(
+            search_with_formats, service, search, params.k, params.sample_rate, params.channels)
         return {
             "source": source,
             "k": params.k,
             "count": len(hits),
-            "results": [result_dict(h) for h in hits],
+            "results": [result_dict(h, formats.get(h.id)) for h in hits],
             "took_ms": round(1000 * (time.perf_counter() - start), 2),
         }
 
