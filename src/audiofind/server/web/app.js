@@ -126,7 +126,7 @@
     try {
       const f = await api("/api/formats");
       const keep = el.rate.value;
-      el.rate.replaceChildren(new Option("any", ""), ...f.sample_rates.map((r) => new Option(`${(r.value / 1000).toLocaleString()} kHz (${r.clips})`, String(r.value))));
+      el.rate.replaceChildren(new Option("any", ""), ...f.sample_rates.map((r) => new Option(`${formatRate(r.value)} (${r.clips})`, String(r.value))));
       el.rate.value = keep;
       const names = { 1: "mono", 2: "stereo" };
       const keepCh = el.channels.value;
@@ -378,7 +378,7 @@
   }
 
   function formatRate(r) {
-    return r ? `${(r / 1000).toLocaleString(undefined, { maximumFractionDigits: 1 })} kHz` : "—";
+    return r ? `${(r / 1000).toLocaleString("en", { maximumFractionDigits: 2 })} kHz` : "—";
   }
 
   function formatChannels(c) {
@@ -518,6 +518,7 @@
   // ---------------------------------------------------------------- drag out, copy, regions
 
   function dragOut(e, r) {
+    if (state.selectingRegion) { e.preventDefault(); return; } // a drag on the waveform selects a region
     const ext = (r.name.split(".").pop() || "").toLowerCase();
     const types = { wav: "audio/wav", flac: "audio/flac", ogg: "audio/ogg", oga: "audio/ogg", opus: "audio/ogg", mp3: "audio/mpeg", m4a: "audio/mp4", aif: "audio/aiff", aiff: "audio/aiff" };
     const url = new URL(`/api/clips/${r.id}/download`, location.href).href;
@@ -546,8 +547,10 @@
   function attachRegionSelection(canvas, r, i) {
     let down = null;
     const at = (e) => { const box = canvas.getBoundingClientRect(); return Math.min(1, Math.max(0, (e.clientX - box.left) / box.width)); };
+    canvas.addEventListener("mousedown", (e) => e.preventDefault()); // no row drag from the waveform
     canvas.addEventListener("pointerdown", (e) => {
       if (e.button !== 0) return;
+      state.selectingRegion = true;
       down = { x: e.clientX, f: at(e), moved: false };
       canvas.setPointerCapture(e.pointerId);
     });
@@ -561,6 +564,7 @@
       }
     });
     canvas.addEventListener("pointerup", (e) => {
+      state.selectingRegion = false;
       if (!down) return;
       const moved = down.moved;
       down = null;
@@ -568,6 +572,7 @@
       if (moved) { showRegion(r.id); return; }
       playFrom(r, at(e));
     });
+    canvas.addEventListener("pointercancel", () => { state.selectingRegion = false; down = null; });
     canvas.addEventListener("click", (e) => e.stopPropagation());
   }
 
