@@ -23,6 +23,7 @@
 
   const DEBOUNCE_MS = 250;
   const ICON_PLAY = '<svg viewBox="0 0 16 16" aria-hidden="true"><path d="M4 2.5v11l9.5-5.5z"/></svg>';
+  const ICON_COPY = '<svg viewBox="0 0 16 16" aria-hidden="true"><rect x="5" y="5" width="8.5" height="8.5" rx="1.5"/><path d="M3 10.5V3.5A1 1 0 0 1 4 2.5h6.5"/></svg>';
   const ICON_PAUSE = '<svg viewBox="0 0 16 16" aria-hidden="true"><path d="M3.5 2.5h3v11h-3zM9.5 2.5h3v11h-3z"/></svg>';
 
   const state = {
@@ -486,7 +487,7 @@
     download.innerHTML = "⤓";
     download.title = download.ariaLabel = `Download ${r.name}`;
     download.addEventListener("click", (e) => e.stopPropagation());
-    const copy = button("act copy", `Copy the path of ${r.name}`, "⧉", () => copyPath(r));
+    const copy = button("act copy", `Copy the path of ${r.name}`, ICON_COPY, () => copyPath(r));
     const collect = button("act collect", `Add ${r.name} to a collection`, "+", () => openCollect(r));
     const more = button("act more", `More sounds like ${r.name}`, "≈", () => moreLikeThis(r));
     actions.append(download, copy, collect, more);
