@@ -11,6 +11,7 @@ The SQLite side is in `store`, the incremental update in `updater`, the FAISS si
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -25,6 +26,8 @@ import numpy as np
 from ..audio import load_audio
 from ..models import sentence_encoder
 from ..paths import display_path
+from .activity import UpdateActivity
+from .collections import Collections
 from .hybrid import HybridSearch, TextSearcher
 from .names import fill_name_vectors
 from .records import ClipRecord, IndexNotFoundError, ModelMismatchError, Progress, SearchResult, UpdateReport
@@ -153,6 +156,11 @@ class Library:
             counts[folder] = counts.get(folder, 0) + 1
         return counts
 
+    @functools.cached_property
+    def collections(self) -> Collections:
+        """Favourites and named collections (and clip formats), kept in this index's SQLite."""
+        return Collections(self._conn, self._lock)
+
     def _meta(self, key: str) -> str | None:
         return read_meta(self._conn, key)
 
@@ -238,12 +246,14 @@ class Library:
             self._conn.executemany("INSERT OR IGNORE INTO roots VALUES (?, ?, ?)",
                                    [(os.fsencode(r), display_path(r), now_iso()) for r in abs_roots])
         commits = 0
+        activity = UpdateActivity(self.index_dir).__enter__()  # /api/status: an index run in progress
         try:
             commits = Updater(self._conn, self._lock, lambda: self.model).run(
-                abs_roots, report, workers=workers, progress=progress, batch_size=batch_size,
+                abs_roots, report, workers=workers, progress=activity.wrap(progress), batch_size=batch_size,
                 max_duration=max_duration)
             commits += fill_name_vectors(self._conn, self._lock, lambda texts: self.sentences.encode(texts))
         finally:
+            activity.__exit__()
             with self._lock, transaction(self._conn):
                 seconds = float(self._meta("build_seconds") or 0) + time.monotonic() - start
                 self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('build_seconds', ?)",

@@ -37,10 +37,12 @@ from ..audio import AUDIO_EXTENSIONS
 from ..library import Library, LibraryError, SearchResult
 from ..library.fusion import is_weak
 from .errors import ApiError, error_response
+from .routes_workbench import install_workbench_routes
 from .schemas import SIMILAR_OPENAPI, SimilarRequest, clip_links, result_dict
 from .security import LOOPBACK_NAMES, SESSION_COOKIE, BodyTooLarge, Guard, session_cookie_value
 from .service import LibraryService, Limits
 from .streaming import CHUNK_BYTES, audio_response
+from .workbench import MAX_OVERFETCH, search_with_formats
 
 if TYPE_CHECKING:
     from ..models import EmbeddingModel
@@ -137,6 +139,7 @@ def create_app(
     app.state.limits = limits
     _install_error_handlers(app)
     _install_routes(app, service, limits, token)
+    install_workbench_routes(app, service)
     app.add_middleware(
         Guard, token=token, allowed_hosts=allowed_hosts, max_upload_bytes=limits.max_upload_bytes
     )
@@ -144,7 +147,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(cors_origins),
-            allow_methods=["GET", "HEAD", "POST"],
+            allow_methods=["GET", "HEAD", "POST", "DELETE"],
             allow_headers=["Authorization", "X-Audiofind-Token", "Range", "Content-Type"],
             expose_headers=["Content-Range", "Accept-Ranges", "Content-Length"],
         )
@@ -253,13 +256,18 @@ def _install_routes(app: FastAPI, service: LibraryService, limits: Limits, token
             "hybrid", description="hybrid: by sound and by name/metadata words; audio: sound; text: words"
         ),
         min_score: float | None = Query(None, ge=0, le=1, description="drop results with a weaker match"),
+        sample_rate: int | None = Query(None, ge=1, le=768_000, description="only clips at this rate"),
+        channels: int | None = Query(None, ge=1, le=64, description="only clips with this many channels"),
     ) -> dict[str, Any]:
         if not q.strip():
             raise ApiError(400, "empty query")
         filters = _filters(min_duration, max_duration, path_prefix)
         start = time.perf_counter()
-        vector = await service.text_vector_async(q.strip())
-        found = await run_in_threadpool(service.search_vector, q.strip(), vector, k, filters, mode)
+        text = q.strip()
+        vector = await service.text_vector_async(text)
+        found, formats = await run_in_threadpool(
+            search_with_formats, service, lambda n: service.search_vector(text, vector, n, filters, mode), k,
+            sample_rate, channels)
         hits = [h for h in found if min_score is None or (h.match or 0.0) >= min_score]
         return {
             "query": q,
@@ -267,7 +275,7 @@ def _install_routes(app: FastAPI, service: LibraryService, limits: Limits, token
             "mode": mode,
             "count": len(hits),
             "no_good_match": is_weak(found[0].match if found else None),
-            "results": [result_dict(h) for h in hits],
+            "results": [result_dict(h, formats.get(h.id)) for h in hits],
             "took_ms": round(1000 * (time.perf_counter() - start), 2),
         }
 
@@ -330,17 +338,23 @@ def _install_routes(app: FastAPI, service: LibraryService, limits: Limits, token
         if upload is not None:
             if params.id is not None:
                 raise ApiError(400, "give either a file or an id, not both")
-            hits, source = await _similar_upload(service, upload, params.k, filters, limits)
+            wanted = params.sample_rate is not None or params.channels is not None
+            fetched, source = await _similar_upload(
+                service, upload, MAX_OVERFETCH if wanted else params.k, filters, limits)
+            search: Callable[[int], list[SearchResult]] = lambda n: fetched[:n]  # noqa: E731
         elif params.id is not None:
-            hits = await run_in_threadpool(service.similar_to_clip, params.id, params.k, filters)
+            clip_id = params.id
+            search = lambda n: service.similar_to_clip(clip_id, n, filters)  # noqa: E731
             source = {"id": params.id}
         else:
             raise ApiError(400, "give a clip id or upload a file", None)
+        hits, formats = await run_in_threadpool(
+            search_with_formats, service, search, params.k, params.sample_rate, params.channels)
         return {
             "source": source,
             "k": params.k,
             "count": len(hits),
-            "results": [result_dict(h) for h in hits],
+            "results": [result_dict(h, formats.get(h.id)) for h in hits],
             "took_ms": round(1000 * (time.perf_counter() - start), 2),
         }
 

@@ -16,10 +16,11 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------- result shapes
 
 
-def result_dict(r: SearchResult) -> dict[str, Any]:
-    """A search hit plus what a page needs to show and play it."""
+def result_dict(r: SearchResult, fmt: tuple[int, int] | None = None) -> dict[str, Any]:
+    """A search hit plus what a page needs to show and play it; `fmt`: the clip's (sample rate, channels)."""
     d = r.to_dict()
     d.update(clip_links(r.id, d["path"]))
+    d["sample_rate"], d["channels"] = fmt if fmt is not None else (None, None)
     return d
 
 
@@ -45,6 +46,8 @@ class SimilarRequest(BaseModel):
     min_duration: float | None = Field(None, ge=0)
     max_duration: float | None = Field(None, ge=0)
     path_prefix: str | None = Field(None, max_length=4096)
+    sample_rate: int | None = Field(None, ge=1, le=768_000, description="only clips at this sample rate")
+    channels: int | None = Field(None, ge=1, le=64, description="only clips with this many channels")
 
 
 SIMILAR_OPENAPI: dict[str, Any] = {
@@ -62,6 +65,8 @@ SIMILAR_OPENAPI: dict[str, Any] = {
                         "min_duration": {"type": "number"},
                         "max_duration": {"type": "number"},
                         "path_prefix": {"type": "string"},
+                        "sample_rate": {"type": "integer"},
+                        "channels": {"type": "integer"},
                     },
                 }
             },

@@ -23,6 +23,7 @@ import numpy as np
 from .. import __version__
 from ..audio import AudioDecodeError, load_audio, probe
 from ..library import ClipRecord, Library, SearchResult
+from ..library.activity import read_activity
 from ..paths import display_path
 from .errors import ApiError
 
@@ -266,7 +267,9 @@ class LibraryService:
         """Index statistics plus the server's limits, for clients and monitoring."""
         self.maybe_refresh()
         stats = self.library.stats()
-        return {"status": "ok", "version": __version__, **stats, "limits": asdict(self.limits)}
+        roots = [display_path(r) for r in self.library.roots()]
+        return {"status": "ok", "version": __version__, **stats, "roots": roots,
+                "indexing": read_activity(self.library.index_dir), "limits": asdict(self.limits)}
 
 
 class _TextBatcher:
