@@ -44,8 +44,9 @@ class PaSSTMel(nn.Module):
         self.fmin_aug_range, self.fmax_aug_range = max(1, int(fmin_aug_range)), max(1, int(fmax_aug_range))
         self.fmin, self.fmax = 0.0, SAMPLE_RATE // 2 - self.fmax_aug_range // 2
         self.register_buffer("window", torch.hann_window(WIN_LENGTH, periodic=False), persistent=False)
-        self.register_buffer("eval_banks", kaldi_mel_banks(N_MELS, N_FFT, SAMPLE_RATE, self.fmin, self.fmax),
-                             persistent=False)
+        self.register_buffer(
+            "eval_banks", kaldi_mel_banks(N_MELS, N_FFT, SAMPLE_RATE, self.fmin, self.fmax), persistent=False
+        )
 
     def _banks(self) -> Tensor:
         if not self.training:
@@ -67,8 +68,15 @@ class PaSSTMel(nn.Module):
     @torch.no_grad()
     def forward(self, wave: Tensor) -> Tensor:
         x = wave[:, 1:] - 0.97 * wave[:, :-1]  # hear21passt's conv1d([-0.97, 1]): one sample shorter
-        spec = torch.stft(x, N_FFT, hop_length=HOP_LENGTH, win_length=WIN_LENGTH, window=self.window,
-                          center=True, return_complex=True)
+        spec = torch.stft(
+            x,
+            N_FFT,
+            hop_length=HOP_LENGTH,
+            win_length=WIN_LENGTH,
+            window=self.window,
+            center=True,
+            return_complex=True,
+        )
         mel = torch.matmul(self._banks(), spec.real.square() + spec.imag.square())
         mel = torch.log(mel + 1e-5)
         if self.training and self.freqm > 0:
@@ -123,9 +131,20 @@ class _Block(nn.Module):
 class PaSST(nn.Module):
     """PaSST-S by default (768-d, 12 blocks, 12 heads); spectrogram (B, 1, 128, T) -> tokens or logits."""
 
-    def __init__(self, fstride: int = 16, tstride: int = 16, input_fdim: int = 128, input_tdim: int = 998,
-                 s_patchout_t: int = 0, s_patchout_f: int = 0, u_patchout: int = 0, num_classes: int = 527,
-                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12) -> None:
+    def __init__(
+        self,
+        fstride: int = 16,
+        tstride: int = 16,
+        input_fdim: int = 128,
+        input_tdim: int = 998,
+        s_patchout_t: int = 0,
+        s_patchout_f: int = 0,
+        u_patchout: int = 0,
+        num_classes: int = 527,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+    ) -> None:
         super().__init__()
         self.embed_dim, self.num_tokens = embed_dim, 2
         self.s_patchout_t, self.s_patchout_f, self.u_patchout = s_patchout_t, s_patchout_f, u_patchout
@@ -140,8 +159,13 @@ class PaSST(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, num_classes))
         self.head_dist = nn.Linear(embed_dim, num_classes)
-        for p in (self.cls_token, self.dist_token, self.new_pos_embed, self.freq_new_pos_embed,
-                  self.time_new_pos_embed):
+        for p in (
+            self.cls_token,
+            self.dist_token,
+            self.new_pos_embed,
+            self.freq_new_pos_embed,
+            self.time_new_pos_embed,
+        ):
             nn.init.trunc_normal_(p, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -189,7 +213,11 @@ def load_passt_weights(net: PaSST, path: str) -> None:
     """Load a released PaSST state dict strictly, naming what does not fit."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("model", state) if isinstance(state, dict) else state
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes differ
+        raise ValueError(f"{path} does not fit this PaSST (check arch, fstride/tstride, input_tdim): "
+                         f"{str(err).splitlines()[1:3]}") from None
     if missing or unexpected:
         raise ValueError(
             f"{path} does not fit this PaSST (check arch, fstride/tstride, input_tdim): missing "
