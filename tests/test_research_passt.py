@@ -86,8 +86,13 @@ class _Recorder(torch.nn.Module):
 
 def test_whole_clips_through_passt_in_training_and_inference(capsys, tmp_path):
     options = {**TINY, "s_patchout_t": 15, "s_patchout_f": 2}
-    cfg = DualEncoderConfig(audio_backbone="passt", audio_options=options, embed_dim=16, clip_s=30.0,
-                            text_backbone=str(tiny_text_model(tmp_path / "text")))
+    cfg = DualEncoderConfig(
+        audio_backbone="passt",
+        audio_options=options,
+        embed_dim=16,
+        clip_s=30.0,
+        text_backbone=str(tiny_text_model(tmp_path / "text")),
+    )
     net = build_model(cfg, pretrained=False)
     recorder = _Recorder(net.audio)
     net.audio = recorder
@@ -96,8 +101,10 @@ def test_whole_clips_through_passt_in_training_and_inference(capsys, tmp_path):
     out = net.train().encode_audio(waves, torch.tensor([14.0, 30.0]))
     assert out.shape == (2, 16) and recorder.seen == [(6, 10 * SR)]  # 2 clips x 3 segments of 10 s
     # inference skips segments without audio and gives what the padded training input gives
-    clips = [0.1 * np.random.default_rng(0).standard_normal(14 * SR).astype(np.float32),
-             0.1 * np.random.default_rng(1).standard_normal(3 * SR).astype(np.float32)]
+    clips = [
+        0.1 * np.random.default_rng(0).standard_normal(14 * SR).astype(np.float32),
+        0.1 * np.random.default_rng(1).standard_normal(3 * SR).astype(np.float32),
+    ]
     recorder.seen.clear()
     vectors, probs = net.embed_waves(clips)
     assert sum(s[0] for s in recorder.seen) == 3 and probs.shape == (2, 527)
