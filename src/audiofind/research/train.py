@@ -91,9 +91,9 @@ class Trainer:
                                       cfg.model.clip_s, self.cache)
         # init_from: no pretrained download (its weights replace them); its tokenizer and config are used
         self._init = self._read_init() if cfg.init_from else None
-        self.network = build_model(
-            cfg.model, pretrained=self._init is None, text_files=(self._init or {}).get("text_files")
-        ).to(rt.device)
+        pretrained = cfg.pretrained and self._init is None
+        text_files = (self._init or {}).get("text_files")
+        self.network = build_model(cfg.model, pretrained=pretrained, text_files=text_files).to(rt.device)
         self.network.frozen_batchnorm = cfg.freeze_batchnorm
         self.loss = ContrastiveLoss(cfg.loss)
         self.loader, self.batch_sampler = self._loader()

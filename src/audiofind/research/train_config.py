@@ -92,6 +92,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     seed: int = 0
     resume: Any = "auto"  # "auto": resume when run_dir has last.pt; true: require it; false: start afresh
+    pretrained: bool = True  # backbones start from their pretrained weights; false: random (gpu-check)
     init_from: str | None = None  # start from this checkpoint's weights (fresh optimizer/schedule; stage 2)
     score_checkpoint: str = "best"  # which checkpoint `train` returns to score: "best" on validation, or
     #                                 "last" (the final epoch, which the DCASE baseline's numbers use)
