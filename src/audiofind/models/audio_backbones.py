@@ -97,10 +97,11 @@ class PaSSTBackbone(AudioBackbone):
         net_options.update({k: options[k] for k in self._NET if k in options})
         if pretrained and (net_options["fstride"], net_options["tstride"]) != (stride, stride):
             raise ValueError(f"{arch} was trained with patch stride {stride}; set fstride/tstride so")
+        weights = resolve_asset(ARCHS[arch][0]) if pretrained else None  # fail before building 86 M weights
         self.mel = PaSSTMel(**{k: options[k] for k in self._FRONT_END if k in options})
         self.net = PaSST(**net_options)
-        if pretrained:
-            load_passt_weights(self.net, str(resolve_asset(ARCHS[arch][0])))
+        if weights is not None:
+            load_passt_weights(self.net, str(weights))
         for head in (self.net.head, self.net.head_dist):
             head.requires_grad_(False)
         self.dim = int(self.net.embed_dim)
