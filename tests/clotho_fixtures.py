@@ -20,6 +20,7 @@ make_clotho_tree(root, n_per_split=4, *, splits=SPLITS, seconds=(1.0, 3.0), samp
     real_names=False renames the clips <split>_<i>.wav (in both CSVs; captions stay real), for tests that
     must not depend on odd names; multi_positive_subset is then empty.
     include: CSV names to take first (e.g. clips on the DCASE 2025 exclusion list).
+    exclusion_list: copy the shared DCASE 2025 exclusion list into root (training's data.exclude=auto).
     layout="baseline" writes root/CLOTHO_v2.1/clotho_csv_files/ and .../clotho_audio_files/<split>/ (the
     DCASE 2025 baseline's aac-datasets layout) instead of the release layout.
     The selection is deterministic and depends only on the split, n_per_split and include.
@@ -183,6 +184,7 @@ def make_clotho_tree(
     shared: Path | None = None,
     include: tuple[str, ...] = (),
     layout: str = "release",
+    exclusion_list: bool = True,
 ) -> ClothoTree:
     """Write a Clotho-layout folder with real names and captions and short, distinct synthetic audio."""
     if disk_names not in ("csv", "unescaped", "mixed"):
@@ -203,6 +205,9 @@ def make_clotho_tree(
                 {**m, "file_name": renamed[m["file_name"]]} for m in meta_rows if m["file_name"] in renamed
             ]
         headers[split] = (cap_header, meta_header, meta_rows)
+    if exclusion_list:  # the DCASE 2025 list beside the CSVs, where training's data.exclude=auto looks
+        name = "dcase2025_task6_excluded_freesound_ids.csv"
+        shutil.copyfile(folder / name, root / name)
     total = sum(len(v) for v in picked.values())
     tree = ClothoTree(root=root, shared=folder)
     k = 0

@@ -43,7 +43,11 @@ def _tone(path: Path, seconds: float = 1.0, rate: int = 44_100, freq: float = 44
 @pytest.fixture(scope="module")
 def clotho(tmp_path_factory):
     return make_clotho_tree(
-        tmp_path_factory.mktemp("clotho"), 4, splits=("development",), include=EXCLUDED_DEV
+        tmp_path_factory.mktemp("clotho"),
+        4,
+        splits=("development",),
+        include=EXCLUDED_DEV,
+        exclusion_list=False,
     )
 
 

@@ -492,7 +492,8 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     best = run_cli(args.config, args.overrides, args.resume, args.run_dir)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"best checkpoint: {best}", flush=True)
+        kind = "best checkpoint" if best.name == "best.pt" else "checkpoint to score (last epoch)"
+        print(f"{kind}: {best}", flush=True)
 
 
 if __name__ == "__main__":
