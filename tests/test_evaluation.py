@@ -427,7 +427,7 @@ def test_predict_clotho_split_writes_a_readable_score_file(tmp_path: Path, tree,
     captions = [c for clip in tree.clips for c in clip.captions]
     with open(out, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["caption", *files]  # columns as spelled in the captions CSV (HTML escapes kept)
+    assert rows[0] == ["index", *files]  # the baseline's header; columns as the captions CSV spells them
     assert [r[0] for r in rows[1:]] == captions  # every caption, verbatim, in CSV order
     assert any("," in c for c in captions) and any("&#39;" in f or "&amp;" in f for f in files)
     got_captions, got_files, scores = read_score_file(out)

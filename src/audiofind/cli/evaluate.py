@@ -133,7 +133,7 @@ def evaluate(
 
 
 def predict(
-    out: Path = typer.Option(..., "--out", "-o", help="Score file to write (caption,<file1>,...)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Score file to write (index,<file1>,...)."),
     model: str = typer.Option("default", "--model", "-m", help=_MODEL_HELP),
     clotho_root: Path | None = typer.Option(
         None, "--clotho-root", help="Clotho folder: rank a split's clips."

@@ -37,7 +37,8 @@ def train_command(
     except (ValueError, FileNotFoundError) as exc:  # config and data errors name what is wrong
         typer.echo(f"audiofind train: {' '.join(str(exc).split())}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"best checkpoint: {best}")
+    kind = "best checkpoint" if best.name == "best.pt" else "checkpoint to score (last epoch)"
+    typer.echo(f"{kind}: {best}")
 
 
 def register(app: typer.Typer) -> None:

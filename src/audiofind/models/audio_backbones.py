@@ -5,8 +5,6 @@ Each takes 32 kHz waveforms and returns frame features (B, C, T) plus AudioSet l
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 from typing import Any
 
@@ -62,72 +60,63 @@ class EfficientATBackbone(AudioBackbone):
 
 
 class PaSSTBackbone(AudioBackbone):
-    """PaSST (Koutini et al., 2022) from the optional `hear21passt` package.
+    """PaSST (Koutini et al., 2022), built in (`encoders.passt`); official weights from the asset folder.
 
     Options: `tokens` "cls" (default: one frame, the mean of the class and distillation tokens, the
-    embedding PaSST was trained to produce) or "patches" (the patch tokens, for attention pooling); every
-    other option (fstride, tstride, input_tdim, s_patchout_t, s_patchout_f, ...) goes to get_model_passt.
+    embedding PaSST was trained to produce) or "patches" (the patch tokens, for attention pooling); the
+    network's fstride, tstride, input_tdim, s_patchout_t, s_patchout_f, u_patchout (and embed_dim, depth,
+    num_heads for small test networks); the front end's freqm, timem (SpecAugment mask widths; the DCASE
+    baseline uses 0) and fmin_aug_range, fmax_aug_range (mel-edge jitter while training).
     """
+
+    _FRONT_END = ("freqm", "timem", "fmin_aug_range", "fmax_aug_range")
+    _NET = ("fstride", "tstride", "input_tdim", "s_patchout_t", "s_patchout_f", "u_patchout", "embed_dim",
+            "depth", "num_heads")
 
     def __init__(
         self,
-        arch: str = "passt_s_swa_p16_128_ap476",
+        arch: str = "passt_s_p16_s16_128_ap468",
         pretrained: bool = True,
         options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        try:
-            from hear21passt.base import AugmentMelSTFT, get_model_passt
-        except ImportError as err:
-            raise ImportError(
-                "the PaSST backbone needs the optional package hear21passt: pip install hear21passt"
-            ) from err
+        from .encoders.passt import ARCHS, PaSST, PaSSTMel, load_passt_weights
+
+        if arch not in ARCHS:
+            raise ValueError(f"unknown PaSST arch {arch!r}; known: {', '.join(sorted(ARCHS))}")
         options = dict(options or {})
         self.tokens = options.pop("tokens", "cls")
         if self.tokens not in ("cls", "patches"):
             raise ValueError(f"PaSST option tokens must be 'cls' or 'patches', not {self.tokens!r}")
-        # hear21passt prints the whole network while building it
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.mel = AugmentMelSTFT(
-                n_mels=128,
-                sr=SAMPLE_RATE,
-                win_length=800,
-                hopsize=320,
-                n_fft=1024,
-                freqm=48,
-                timem=192,
-                htk=False,
-                fmin=0.0,
-                fmax=None,
-                norm=1,
-                fmin_aug_range=10,
-                fmax_aug_range=2000,
-            )
-            self.net = get_model_passt(arch=arch, pretrained=pretrained, **options)
-        for head in (self.net.head, getattr(self.net, "head_dist", None)):
-            if head is not None:
-                head.requires_grad_(False)
+        unknown = sorted(set(options) - set(self._FRONT_END) - set(self._NET))
+        if unknown:
+            raise ValueError(f"unknown PaSST option(s) {', '.join(unknown)}; known: tokens, "
+                             f"{', '.join(self._NET + self._FRONT_END)}")
+        stride = ARCHS[arch][2]
+        net_options = {"fstride": stride, "tstride": stride}
+        net_options.update({k: options[k] for k in self._NET if k in options})
+        if pretrained and (net_options["fstride"], net_options["tstride"]) != (stride, stride):
+            raise ValueError(f"{arch} was trained with patch stride {stride}; set fstride/tstride so")
+        weights = resolve_asset(ARCHS[arch][0]) if pretrained else None  # fail before building 86 M weights
+        self.mel = PaSSTMel(**{k: options[k] for k in self._FRONT_END if k in options})
+        self.net = PaSST(**net_options)
+        if weights is not None:
+            load_passt_weights(self.net, str(weights))
+        for head in (self.net.head, self.net.head_dist):
+            head.requires_grad_(False)
         self.dim = int(self.net.embed_dim)
-        self._tokens: Tensor | None = None
-        self.net.norm.register_forward_hook(self._keep_tokens)
-
-    def _keep_tokens(self, module: nn.Module, args: Any, output: Tensor) -> None:
-        self._tokens = output
 
     def head_parameters(self) -> list[nn.Parameter]:
-        heads = [self.net.head, getattr(self.net, "head_dist", None)]
-        return [p for h in heads if h is not None for p in h.parameters()]
+        return [*self.net.head.parameters(), *self.net.head_dist.parameters()]
 
     def forward(self, wave: Tensor) -> tuple[Tensor, Tensor | None]:
         with torch.autocast(wave.device.type, enabled=False):
             spec = self.mel(wave.float()).unsqueeze(1)
-        self.net(spec)
-        tokens, self._tokens = self._tokens, None  # (B, special + patches, C) after the final norm
-        assert tokens is not None
-        n_special = int(getattr(self.net, "num_tokens", 1))
+        tokens = self.net.tokens(spec)  # (B, 2 + patches, C) after the final norm
+        logits, features = self.net.classify(tokens)
         if self.tokens == "cls":
-            return tokens[:, :n_special].mean(dim=1, keepdim=True).transpose(1, 2), None
-        return tokens[:, n_special:].transpose(1, 2), None
+            return features.unsqueeze(-1), logits
+        return tokens[:, 2:].transpose(1, 2), logits
 
 
 class ClapBackbone(AudioBackbone):
@@ -172,7 +161,7 @@ def build_audio_backbone(
     if kind in WIDTHS:
         return EfficientATBackbone(kind, pretrained)
     if kind == "passt":
-        return PaSSTBackbone(arg or "passt_s_swa_p16_128_ap476", pretrained, options)
+        return PaSSTBackbone(arg or "passt_s_p16_s16_128_ap468", pretrained, options)
     if kind == "clap" and arg:
         return ClapBackbone(arg, pretrained)
     raise ValueError(

@@ -2,6 +2,10 @@
 
 `build_model(config)` makes the network that `audiofind.research.train` fits; `DualEncoderModel` wraps a
 trained checkpoint as an `EmbeddingModel` for the library index, the CLI and the server.
+
+It is longer than 400 lines because the network, its two inference paths (windows, and the DCASE
+baseline's whole-clip segments) and the checkpoint format that rebuilds it belong together; the
+backbones live in `audio_backbones` and `encoders/`.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import string
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
@@ -46,9 +51,26 @@ class DualEncoderConfig:
     learnable_temperature: bool = False
     window_s: float = 10.0  # the audio model sees this much at a time; longer clips are windowed
     hop_s: float = 10.0
+    # whole clips (the DCASE baseline): pad (or crop) training audio to clip_s, cut it into window_s
+    # segments, average the segments' features weighted by `segment_weighting`; None = one window_s crop
+    clip_s: float | None = None
+    segment_weighting: str = "count"  # "count": segments holding audio count equally | "duration": by seconds
     max_text_length: int = 64  # tokens
-    clean_text: bool = True  # lower-case, strip, collapse whitespace (training and queries alike)
+    text_dropout: float | None = None  # hidden and attention dropout of the text model; None = its own
+    # "normalise": lower-case, strip, collapse whitespace (punctuation to spaces with strip_punctuation);
+    # "baseline": lower-case and delete ASCII punctuation, nothing else ("door-bell" -> "doorbell"); "none"
+    clean_text: str = "normalise"
     strip_punctuation: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.clean_text, bool):  # checkpoints written before the modes existed
+            self.clean_text = "normalise" if self.clean_text else "none"
+        if self.clean_text not in CLEAN_MODES:
+            raise ValueError(f"clean_text must be one of {', '.join(CLEAN_MODES)}, not {self.clean_text!r}")
+        if self.segment_weighting not in ("count", "duration"):
+            raise ValueError(f"segment_weighting must be count or duration, not {self.segment_weighting!r}")
+        if self.clip_s is not None and self.clip_s < self.window_s:
+            raise ValueError(f"clip_s ({self.clip_s}) must be at least window_s ({self.window_s})")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DualEncoderConfig:
@@ -62,8 +84,16 @@ class DualEncoderConfig:
         return cls(**values)
 
 
-def clean_caption(text: str, strip_punctuation: bool = False) -> str:
+CLEAN_MODES = ("normalise", "baseline", "none")
+_DELETE_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def clean_caption(text: str, strip_punctuation: bool = False, mode: str = "normalise") -> str:
     """Normalise a caption or query the same way in training and search."""
+    if mode == "none":
+        return text
+    if mode == "baseline":  # the DCASE 2025 baseline: lower(), then delete string.punctuation
+        return text.lower().translate(_DELETE_PUNCTUATION)
     text = text.lower().strip()
     if strip_punctuation:
         text = re.sub(r"[^\w\s]", " ", text.replace("'", ""))
@@ -109,11 +139,14 @@ def make_projection(kind: str, d_in: int, d_out: int) -> nn.Module:
 class DualEncoder(nn.Module):
     """Two towers whose L2-normalised outputs are compared by cosine similarity."""
 
-    def __init__(self, config: DualEncoderConfig, pretrained: bool = True) -> None:
+    def __init__(
+        self, config: DualEncoderConfig, pretrained: bool = True, text_files: dict[str, bytes] | None = None
+    ) -> None:
         super().__init__()
         self.config = config
         self.audio = build_audio_backbone(config.audio_backbone, pretrained, config.audio_options)
-        self.text = TextEncoder(config.text_backbone, config.text_pooling, config.max_text_length)
+        self.text = TextEncoder(config.text_backbone, config.text_pooling, config.max_text_length,
+                                pretrained=pretrained, dropout=config.text_dropout, files=text_files)
         if config.pooling == "mean":
             self.audio_pool: nn.Module = MeanPool()
         elif config.pooling == "attention":
@@ -139,25 +172,47 @@ class DualEncoder(nn.Module):
         """Inverse temperature, capped at 100 as in CLIP so a learnable one cannot run away."""
         return self.logit_scale.exp().clamp(max=100.0)
 
-    def audio_features(self, waves: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Normalised audio embeddings (B, d) plus the backbone's tag logits when it has a tagging head."""
-        frames, logits = self.audio(waves)
-        pooled = self.audio_pool(frames)
+    def audio_features(
+        self, waves: Tensor, durations: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Normalised audio embeddings (B, d) plus the backbone's tag logits when it has a tagging head.
+
+        With `clip_s` set, each row is a whole (padded) clip: it is cut into window_s segments and the
+        segments' pooled features are averaged with weights from `durations` (seconds of real audio per
+        row; None = all of it) before the projection, as the DCASE baseline does."""
+        if self.config.clip_s is None:
+            frames, logits = self.audio(waves)
+            return F.normalize(self.audio_proj(self.audio_pool(frames)).float(), dim=-1), logits
+        cfg = self.config
+        seg, hop = round(cfg.window_s * SAMPLE_RATE), round(cfg.hop_s * SAMPLE_RATE)
+        if waves.shape[1] < seg:
+            waves = F.pad(waves, (0, seg - waves.shape[1]))
+        segments = waves.unfold(1, seg, hop)  # (B, S, seg)
+        b, n_seg = segments.shape[:2]
+        frames, logits = self.audio(segments.reshape(b * n_seg, seg))
+        if durations is None:
+            durations = torch.full((b,), waves.shape[1] / SAMPLE_RATE, device=waves.device)
+        weights = segment_weights(durations, n_seg, cfg.window_s, cfg.hop_s, cfg.segment_weighting)
+        weights = weights.to(frames.device, frames.dtype)
+        pooled = (weights.unsqueeze(-1) * self.audio_pool(frames).reshape(b, n_seg, -1)).sum(1)
+        if logits is not None:
+            logits = (weights.unsqueeze(-1) * logits.reshape(b, n_seg, -1)).sum(1)
         return F.normalize(self.audio_proj(pooled).float(), dim=-1), logits
 
-    def encode_audio(self, waves: Tensor) -> Tensor:
+    def encode_audio(self, waves: Tensor, durations: Tensor | None = None) -> Tensor:
         """(B, samples) at 32 kHz -> (B, d) L2-normalised."""
-        return self.audio_features(waves)[0]
+        return self.audio_features(waves, durations)[0]
 
     def encode_text(self, texts: list[str]) -> Tensor:
         """Captions or queries -> (B, d) L2-normalised; cleaned as the config says."""
-        if self.config.clean_text:
-            texts = [clean_caption(t, self.config.strip_punctuation) for t in texts]
+        texts = [clean_caption(t, self.config.strip_punctuation, self.config.clean_text) for t in texts]
         return F.normalize(self.text_proj(self.text(list(texts))).float(), dim=-1)
 
-    def forward(self, waves: Tensor, texts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self, waves: Tensor, texts: list[str], durations: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Both towers and the scale in one call, so DistributedDataParallel sees every trained parameter."""
-        return self.encode_audio(waves), self.encode_text(texts), self.scale()
+        return self.encode_audio(waves, durations), self.encode_text(texts), self.scale()
 
     # ---- training helpers
 
@@ -202,8 +257,13 @@ class DualEncoder(nn.Module):
     def embed_waves(
         self, waves: list[np.ndarray], batch_size: int = 16
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Clips of any length: `window_s` windows averaged and renormalised; plus mean tag probabilities."""
+        """Clips of any length: `window_s` windows averaged and renormalised; plus mean tag probabilities.
+
+        With `clip_s` set, a clip's segments (zero-padded, none dropped) are weighted as in training and
+        averaged before the projection, as the DCASE baseline's inference does."""
         cfg = self.config
+        if cfg.clip_s is not None:
+            return self._embed_segments(waves, batch_size)
         was_training = self.training
         self.eval()
         windows = [
@@ -238,6 +298,39 @@ class DualEncoder(nn.Module):
         return vectors, None if probs is None else (probs / counts.clamp(min=1)).numpy()
 
     @torch.no_grad()
+    def _embed_segments(
+        self, waves: list[np.ndarray], batch_size: int
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        cfg = self.config
+        seg, hop = round(cfg.window_s * SAMPLE_RATE), round(cfg.hop_s * SAMPLE_RATE)
+        was_training = self.training
+        self.eval()
+        items: list[tuple[int, float, np.ndarray]] = []  # (clip, weight, segment)
+        for i, wave in enumerate(waves):
+            wave = np.asarray(wave, dtype=np.float32)
+            n_seg = max(1, math.ceil(max(len(wave) - seg, 0) / hop) + 1)
+            padded = np.zeros((n_seg - 1) * hop + seg, np.float32)
+            padded[: len(wave)] = wave
+            weights = segment_weights(torch.tensor([len(wave) / SAMPLE_RATE]), n_seg, cfg.window_s, cfg.hop_s,
+                                      cfg.segment_weighting)[0].tolist()
+            items += [(i, w, padded[k * hop : k * hop + seg]) for k, w in enumerate(weights) if w > 0]
+        sums = torch.zeros(len(waves), self.audio.dim)
+        probs: Tensor | None = None
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            owners = torch.tensor([i for i, _, _ in chunk])
+            weights = torch.tensor([w for _, w, _ in chunk]).unsqueeze(1)
+            batch = torch.from_numpy(np.stack([x for _, _, x in chunk])).to(self.device)
+            frames, logits = self.audio(batch)
+            sums.index_add_(0, owners, weights * self.audio_pool(frames).float().cpu())
+            if logits is not None:
+                probs = torch.zeros(len(waves), logits.shape[1]) if probs is None else probs
+                probs.index_add_(0, owners, weights * torch.sigmoid(logits.float()).cpu())
+        vectors = F.normalize(self.audio_proj(sums.to(self.device)).float(), dim=-1).cpu().numpy()
+        self.train(was_training)
+        return vectors.astype(np.float32), None if probs is None else probs.numpy()
+
+    @torch.no_grad()
     def embed_texts(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         """Embed many texts without gradients, as float32 (n, d)."""
         was_training = self.training
@@ -254,6 +347,21 @@ class DualEncoder(nn.Module):
         )
 
 
+def segment_weights(durations: Tensor, n_segments: int, window_s: float, hop_s: float, mode: str) -> Tensor:
+    """(B, S) weights summing to 1 per row for segments starting at 0, hop_s, 2 hop_s, ...
+
+    "count" (the DCASE baseline): every segment that starts inside the real audio counts equally (a 14 s
+    clip padded to 30 s averages its first two 10 s segments); "duration": by seconds of real audio."""
+    starts = torch.arange(n_segments, dtype=torch.float32) * hop_s
+    d = durations.detach().float().cpu().reshape(-1, 1)
+    if mode == "count":
+        w = (starts[None] < d - 1e-6).float()
+    else:
+        w = (d - starts[None]).clamp(min=0.0, max=window_s)
+    w[:, 0] = torch.where(w.sum(1) > 0, w[:, 0], torch.ones_like(w[:, 0]))  # silence: the first segment
+    return w / w.sum(1, keepdim=True)
+
+
 def _tile_short(wave: np.ndarray, min_s: float = 1.0) -> np.ndarray:
     """Repeat a sound shorter than `min_s` rather than pad it with silence, as training does."""
     wave = np.asarray(wave, dtype=np.float32)
@@ -261,11 +369,16 @@ def _tile_short(wave: np.ndarray, min_s: float = 1.0) -> np.ndarray:
     return np.resize(wave, n) if 0 < len(wave) < n else wave
 
 
-def build_model(config: DualEncoderConfig | dict[str, Any], pretrained: bool = True) -> DualEncoder:
-    """Factory: a network from its config; `pretrained=False` skips weights a checkpoint will replace."""
+def build_model(
+    config: DualEncoderConfig | dict[str, Any],
+    pretrained: bool = True,
+    text_files: dict[str, bytes] | None = None,
+) -> DualEncoder:
+    """Factory: a network from its config; `pretrained=False` skips weights a checkpoint will replace
+    (and with `text_files`, the tokenizer and config a checkpoint carries, needs no hub)."""
     if isinstance(config, dict):
         config = DualEncoderConfig.from_dict(config)
-    return DualEncoder(config, pretrained=pretrained)
+    return DualEncoder(config, pretrained=pretrained, text_files=text_files)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -283,6 +396,7 @@ def save_checkpoint(
         "config": asdict(network.config),
         "state_dict": state,
         "meta": meta or {},
+        "text_files": network.text.files(),  # tokenizer + config: the checkpoint rebuilds offline
         **extra,
     }
     tmp = path.with_name(f".{path.name}.tmp")
@@ -325,7 +439,7 @@ class DualEncoderModel:
         """Rebuild the network from the config inside the file, then load its weights strictly."""
         path = Path(path).expanduser().absolute()
         payload = read_checkpoint(path)
-        network = build_model(payload["config"], pretrained=False)
+        network = build_model(payload["config"], pretrained=False, text_files=payload.get("text_files"))
         network.load_state_dict(payload["state_dict"], strict=True)
         network.to(torch.device(device))
         return cls(network, str(path), f"dual-{file_digest(Path(path))[:12]}", payload.get("meta"))

@@ -71,6 +71,20 @@ def clotho_files(split: str) -> dict[str, str]:
     }
 
 
+def clotho_layout(root: str | os.PathLike[str], split: str) -> tuple[Path, Path]:
+    """(folder of the split's CSVs, its audio folder) under `root`, in whichever layout it is found.
+
+    The release layout (CSVs in root, audio in root/<split>/) or the DCASE baseline's aac-datasets one
+    (root[/CLOTHO_v2.1]/clotho_csv_files/ and .../clotho_audio_files/<split>/); the release layout when
+    neither is there, so error messages name it."""
+    root = Path(root).expanduser()
+    name = clotho_files(split)["captions"]
+    for base in (root / "CLOTHO_v2.1", root):
+        if (base / "clotho_csv_files" / name).is_file():
+            return base / "clotho_csv_files", base / "clotho_audio_files" / split
+    return root, root / split
+
+
 def _check_split(split: str) -> str:
     """Reject a split name Clotho does not have, listing those it has."""
     if split not in SPLITS:
@@ -204,17 +218,17 @@ def load_clotho(
     """One Clotho split as clips with their five captions (verbatim) and metadata, in the CSV's order."""
     root = Path(root).expanduser()
     files = clotho_files(split)
-    captions = root / files["captions"]
+    csv_dir, audio_dir = clotho_layout(root, split)
+    captions = csv_dir / files["captions"]
     if not captions.is_file():
         raise FileNotFoundError(
             f"Clotho {split}: {captions} not found; run `audiofind data clotho --root {root}` to get Clotho"
         )
-    audio_dir = root / split
     if not audio_dir.is_dir():
         raise FileNotFoundError(
             f"Clotho {split}: audio folder {audio_dir} not found; run `audiofind data clotho --root {root}`"
         )
-    metadata = root / files["metadata"]
+    metadata = csv_dir / files["metadata"]
     meta = _clotho_meta(metadata) if metadata.is_file() else {}
     index = disk_index(audio_dir)
     clips: list[CaptionedClip] = []

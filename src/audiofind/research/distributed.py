@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from .train_data import (  # noqa: F401
     load_split,
     mixup,
 )
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- processes and devices
 
@@ -64,9 +67,13 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU) and pick the device."""
     if cfg.precision not in ("auto", "bf16", "fp16", "fp32"):
         raise ValueError(f"precision must be auto, bf16, fp16 or fp32, not {cfg.precision!r}")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {cfg.device!r}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        check_cuda(local_rank)
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(device)
@@ -74,10 +81,37 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
         owns = True
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}.get(cfg.precision, "auto")
-    if amp == "auto":
-        amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_cuda else None
-    return Runtime(rank, world, local_rank, device, amp, owns)  # type: ignore[arg-type]
+    return Runtime(rank, world, local_rank, device, choose_precision(cfg.precision, device), owns)
+
+
+def check_cuda(local_rank: int = 0) -> None:
+    """Say plainly why `device: cuda` cannot work here, instead of torch's AttributeError."""
+    if not torch.backends.cuda.is_built():
+        raise ValueError(
+            f"device is cuda, but this torch ({torch.__version__}) is a CPU-only build: install a CUDA build "
+            "of torch (https://pytorch.org/get-started/locally/), or set device=cpu / device=auto"
+        )
+    if not torch.cuda.is_available() or torch.cuda.device_count() <= local_rank:
+        raise ValueError(
+            f"device is cuda, but {torch.cuda.device_count()} CUDA device(s) are visible (needed: local rank "
+            f"{local_rank}): check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES, or set device=auto"
+        )
+
+
+def choose_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: "auto" is bf16 on GPUs with native bf16 (compute capability 8+, Ampere on) and fp16
+    with a GradScaler on older ones (a 2080 Ti would only emulate bf16); fp32 on the CPU."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "fp16":
+        return torch.float16
+    native_bf16 = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+    if precision == "bf16":
+        if device.type == "cuda" and not native_bf16:
+            log.warning("precision bf16 on a GPU without native bf16 (%s) is emulated and slow; use fp16",
+                        torch.cuda.get_device_name(device))
+        return torch.bfloat16
+    return torch.bfloat16 if native_bf16 else torch.float16
 
 
 def all_gather_objects(rt: Runtime, obj: Any) -> list[Any]:

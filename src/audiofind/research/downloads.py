@@ -27,6 +27,7 @@ from .data import (
     DatasetError,
     SplitReport,
     clotho_files,
+    clotho_layout,
     disk_index,
     parse_splits,
     quote_missing,
@@ -270,8 +271,8 @@ def clotho_report(
     out: dict[str, SplitReport] = {}
     for split in parse_splits(splits):
         files = clotho_files(split)
-        captions = root / files["captions"]
-        audio_dir = root / split
+        csv_dir, audio_dir = clotho_layout(root, split)
+        captions = csv_dir / files["captions"]
         names = [row["file_name"] for _, row in read_clotho_rows(captions)] if captions.is_file() else []
         index = disk_index(audio_dir)
         missing = tuple(n for n in names if resolve_audio_name(n, index) is None) \
@@ -281,7 +282,7 @@ def clotho_report(
             captions_csv=captions,
             audio_dir=audio_dir,
             has_captions=captions.is_file(),
-            has_metadata=(root / files["metadata"]).is_file(),
+            has_metadata=(csv_dir / files["metadata"]).is_file(),
             has_audio_dir=audio_dir.is_dir(),
             clips=len(names),
             missing=missing if audio_dir.is_dir() else tuple(names),

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from ..download import file_digest
 from ..models.dual_encoder import DualEncoder, DualEncoderModel
+from .audio_cache import open_cache
 from .data import CaptionedClip
 from .distributed import Runtime, all_gather_objects
 from .losses import (
@@ -49,7 +50,7 @@ def embed_clips(
     """Whole-clip embeddings (windowed, averaged), each rank doing a share, gathered in clip order."""
     mine = list(range(rt.rank, len(clips), rt.world))
     loader = DataLoader(
-        WaveDataset([clips[i] for i in mine]),
+        WaveDataset([clips[i] for i in mine], open_cache(data.audio_cache)),
         batch_size=data.val_batch_size,
         collate_fn=list,
         num_workers=data.num_workers,

@@ -3,9 +3,12 @@
 * Single-positive (Clotho): every caption of a split is a query; its own clip is the relevant one.
 * Multi-positive (DCASE 2025): the re-annotation's queries, 1 to 12 relevant clips each; ranked on mAP@16.
 
-Score files follow the DCASE 2025 baseline's submission format: a header ``caption,<file1>,...``, one row
-per query and one similarity per candidate file. Ranking files follow the format of the 2022-2024
-editions: ``caption,file_name_1,...,file_name_k``, best first.
+Score files follow the DCASE 2025 baseline's submission format (d25_t6/predict.py writes a pandas table
+indexed by query): a header ``index,<file1>,...``, one row per query in the order of the queries file,
+one column per candidate file (the column order carries no meaning) and a similarity per cell, higher
+meaning more relevant. The baseline's values are cosine / 1024 (a mean of the product); ours are the
+cosines, which rank identically. Files with a ``caption`` header cell are read as well. Ranking files
+follow the format of the 2022-2024 editions: ``caption,file_name_1,...,file_name_k``, best first.
 
 It is a little longer than 400 lines because the three commands (evaluate, predict, ensemble) share
 the clip embedding and score-file code kept here side by side.
@@ -51,6 +54,7 @@ __all__ = [
 ]
 
 COMBINE_METHODS = ("mean", "zscore")
+SCORE_HEADER = "index"  # first header cell of a score file, as pandas writes the baseline's
 SINGLE_POSITIVE_KS = {"recall_ks": (1, 5, 10), "map_ks": (10,)}
 MULTI_POSITIVE_KS = {"recall_ks": (1, 5, 10), "map_ks": (16, 10)}
 
@@ -311,7 +315,7 @@ def write_score_file(
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["caption", *file_names])
+        writer.writerow([SCORE_HEADER, *file_names])
         for caption, row in zip(captions, scores, strict=True):
             writer.writerow([caption, *map(fmt.format, row.tolist())])
 

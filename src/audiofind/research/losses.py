@@ -35,6 +35,9 @@ class LossConfig:
     neighbour_batches: bool = False  # compose batches from nearest neighbours (NeighbourBatchSampler)
     neighbour_group: int = 4  # items per neighbourhood inside one batch
     neighbour_k: int = 16  # neighbours kept per clip when the index is refreshed
+    contrastive_weight: float = 1.0  # weight of InfoNCE on the captions' own clips (0: stage 2)
+    positive_average: str = "row"  # "row": each query's positives share one unit | "pair": every positive
+    #                                pair counts once over the batch (the DCASE baseline's mean over I)
     distill_weight: float = 0.0  # weight of the KL term towards teacher similarities; 0 = off
     distill_temperature: float = 0.05  # teacher similarities are divided by this before the softmax
     teachers: list[str] = field(default_factory=list)  # checkpoints whose mean similarity is the teacher
@@ -115,11 +118,19 @@ class ContrastiveLoss(nn.Module):
             audio_to_text = torch.cat([audio_to_text, extra_t], dim=1)
             t2a_targets = F.pad(t2a_targets, (0, extra_a.shape[1]))
             a2t_targets = F.pad(a2t_targets, (0, extra_t.shape[1]))
-        contrastive = 0.5 * (
-            soft_cross_entropy(text_to_audio, t2a_targets) + soft_cross_entropy(audio_to_text, a2t_targets)
-        )
+        if cfg.positive_average == "pair":  # mean of log p over all positive pairs, as the baseline
+            n_pos = (t2a_targets > 0).sum().clamp(min=1)
+            contrastive = -0.5 * (
+                ((t2a_targets > 0) * text_to_audio.log_softmax(-1)).sum() / n_pos
+                + ((a2t_targets > 0) * audio_to_text.log_softmax(-1)).sum() / n_pos
+            )
+        else:
+            contrastive = 0.5 * (
+                soft_cross_entropy(text_to_audio, t2a_targets)
+                + soft_cross_entropy(audio_to_text, a2t_targets)
+            )
         out = {"contrastive": contrastive}
-        loss = contrastive
+        loss = cfg.contrastive_weight * contrastive
         if teacher is not None and cfg.distill_weight > 0:
             student = scale * text @ audio.T
             teacher = teacher.float() / cfg.distill_temperature

@@ -33,7 +33,8 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..models.dual_encoder import build_model, save_checkpoint
+from ..models.dual_encoder import build_model, read_checkpoint, save_checkpoint
+from .audio_cache import open_cache
 from .distributed import (
     Runtime,
     all_gather_objects,
@@ -52,6 +53,7 @@ from .losses import (
 )
 from .optim import build_optimizer, warmup_cosine
 from .run_logs import open_tensorboard, plot_curves, write_metrics
+from .sources import WeightedSourceSampler
 from .train_config import (
     TrainConfig,
     as_config,
@@ -61,6 +63,7 @@ from .train_data import (
     CaptionDataset,
     collate,
     load_split,
+    load_training,
     mixup,
 )
 
@@ -78,10 +81,19 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir).expanduser()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(cfg.seed + rt.rank)
-        self.train_clips = load_split(cfg.data, "train")
+        if cfg.score_checkpoint not in ("best", "last"):
+            raise ValueError(f"score_checkpoint must be 'best' or 'last', not {cfg.score_checkpoint!r}")
+        self.training_data = load_training(cfg.data)
+        self.train_clips = self.training_data.clips
         self.val_clips = load_split(cfg.data, "val")[: cfg.data.max_val_clips or None]
-        self.dataset = CaptionDataset(self.train_clips, cfg.model.window_s, cfg.data.items, cfg.augment)
-        self.network = build_model(cfg.model).to(rt.device)
+        self.cache = open_cache(cfg.data.audio_cache)
+        self.dataset = CaptionDataset(self.train_clips, cfg.model.window_s, cfg.data.items, cfg.augment,
+                                      cfg.model.clip_s, self.cache)
+        # init_from: no pretrained download (its weights replace them); its tokenizer and config are used
+        self._init = self._read_init() if cfg.init_from else None
+        pretrained = cfg.pretrained and self._init is None
+        text_files = (self._init or {}).get("text_files")
+        self.network = build_model(cfg.model, pretrained=pretrained, text_files=text_files).to(rt.device)
         self.network.frozen_batchnorm = cfg.freeze_batchnorm
         self.loss = ContrastiveLoss(cfg.loss)
         self.loader, self.batch_sampler = self._loader()
@@ -125,6 +137,10 @@ class Trainer:
             "num_workers": cfg.data.num_workers,
             "pin_memory": rt.device.type == "cuda",
         }
+        sources = self.training_data.source_of
+        weighted = len(self.training_data.weights) > 1 or any(w != 1 for w in self.training_data.weights)
+        if weighted and cfg.loss.neighbour_batches:
+            raise ValueError("loss.neighbour_batches cannot be combined with several weighted data.sources")
         if cfg.loss.neighbour_batches:
             sampler = NeighbourBatchSampler(
                 self.dataset.item_clips(),
@@ -136,7 +152,12 @@ class Trainer:
                 cfg.seed,
             )
             return DataLoader(self.dataset, batch_sampler=sampler, **kwargs), sampler
-        sampler = DistributedSampler(self.dataset, rt.world, rt.rank, shuffle=True, seed=cfg.seed)
+        sampler: Any = (
+            WeightedSourceSampler([sources[c] for c in self.dataset.item_clips()], self.training_data.weights,
+                                  rt.world, rt.rank, cfg.seed)
+            if weighted
+            else DistributedSampler(self.dataset, rt.world, rt.rank, shuffle=True, seed=cfg.seed)
+        )
         per_rank = min(per_rank, len(sampler))  # tiny data: one smaller batch rather than none
         return DataLoader(
             self.dataset, batch_size=per_rank, sampler=sampler, drop_last=True, **kwargs
@@ -173,6 +194,24 @@ class Trainer:
         log.info("resuming from %s at epoch %d, step %d", last, self.epoch, self.step)
         return True
 
+    def _read_init(self) -> dict[str, Any]:
+        path = Path(self.cfg.init_from or "").expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"init_from: checkpoint {path} does not exist")
+        return read_checkpoint(path)
+
+    def init_weights(self) -> None:
+        """init_from: start from another run's weights (stage 2 from stage 1); fresh optimizer, schedule."""
+        path, payload = Path(self.cfg.init_from or "").expanduser(), self._init or {}
+        missing, unexpected = self.network.load_state_dict(payload["state_dict"], strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"init_from: {path} was trained with another model config: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]} (its model section: {payload['config']})"
+            )
+        log.info("initialised from %s (epoch %s of its run)", path, payload.get("meta", {}).get("epoch"))
+        self._init = None
+
     def _meta(self, metrics: dict[str, float] | None) -> dict[str, Any]:
         from .. import __version__
 
@@ -184,6 +223,8 @@ class Trainer:
             "audiofind_version": __version__,
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "train_clips": len(self.train_clips),
+            "sources": self.training_data.report,
+            "init_from": self.cfg.init_from,
         }
 
     def save(self, metrics: dict[str, float] | None, is_best: bool) -> None:
@@ -241,7 +282,12 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(
                 yaml.safe_dump(asdict(cfg), sort_keys=False), encoding="utf-8"
             )
-        self.resume()
+        if not self.resume() and cfg.init_from:
+            self.init_weights()
+        if rt.main:
+            import json
+
+            (self.run_dir / "sources.json").write_text(json.dumps(self.training_data.report, indent=2) + "\n")
         log.info(
             "%d training clips (%d items, %d steps/epoch), %d validation clips; %d process(es) on %s, "
             "precision %s",
@@ -278,7 +324,9 @@ class Trainer:
             if writer is not None:
                 writer.close()
         best = self.run_dir / "best.pt"
-        return best if best.is_file() else self.run_dir / "last.pt"
+        if cfg.score_checkpoint == "last" or not best.is_file():
+            return self.run_dir / "last.pt"
+        return best
 
     def _report(self, row: dict[str, float], writer: Any) -> None:
         write_metrics(self.history, self.run_dir)
@@ -320,13 +368,14 @@ class Trainer:
                 else torch.zeros(len(batch["caption"]), dtype=torch.bool)
             )
             waves = batch["wave"].to(rt.device, non_blocking=True)
+            durations = batch["duration"].to(rt.device) if cfg.model.clip_s is not None else None
             clip_ids = torch.where(mixed, -1, batch["clip"]).to(rt.device)
             caption_ids = batch["caption_id"].to(rt.device)
             sync = (i + 1) % self.accum == 0 or i + 1 == n_batches
             no_sync = model.no_sync() if (rt.world > 1 and not sync) else contextlib.nullcontext()
             with no_sync:
                 with rt.autocast():
-                    audio, text, scale = model(waves, batch["caption"])
+                    audio, text, scale = model(waves, batch["caption"], durations)
                 out = self._loss(audio, text, scale, clip_ids, caption_ids)
                 self.scaler.scale(out["loss"] / self.accum).backward()
             if sync:
@@ -443,7 +492,8 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     best = run_cli(args.config, args.overrides, args.resume, args.run_dir)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"best checkpoint: {best}", flush=True)
+        kind = "best checkpoint" if best.name == "best.pt" else "checkpoint to score (last epoch)"
+        print(f"{kind}: {best}", flush=True)
 
 
 if __name__ == "__main__":

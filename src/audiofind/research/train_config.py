@@ -36,6 +36,12 @@ class DataConfig:
     num_workers: int = 2
     val_batch_size: int = 16  # windows per forward pass when embedding validation clips
     max_val_clips: int | None = None  # cap for quick checks
+    # several training sources with sampling weights (see research.sources); when empty, the training
+    # data is clotho_root/train_split or train_csv as above
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    exclude: str | None = "auto"  # DCASE 2025 exclusion list: "auto" (beside Clotho, else the asset folders),
+    #                               a CSV path, or "none"; applied to every training source
+    audio_cache: str | None = "auto"  # decoded 32 kHz audio, decoded once per run: "auto", a folder, or null
 
 
 @dataclass
@@ -82,10 +88,14 @@ class TrainConfig:
     freeze_audio_epochs: int = 0  # keep the audio backbone frozen (and in eval mode) for the first N epochs
     freeze_text_epochs: int = 0
     freeze_batchnorm: bool = False  # audio backbone BatchNorm in eval mode throughout (small batches)
-    precision: str = "auto"  # "auto" (bf16 on CUDA if supported, else fp16; fp32 on CPU) | bf16 | fp16 | fp32
+    precision: str = "auto"  # auto (bf16 on Ampere+, else fp16 + GradScaler; CPU fp32) | bf16 | fp16 | fp32
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     seed: int = 0
     resume: Any = "auto"  # "auto": resume when run_dir has last.pt; true: require it; false: start afresh
+    pretrained: bool = True  # backbones start from their pretrained weights; false: random (gpu-check)
+    init_from: str | None = None  # start from this checkpoint's weights (fresh optimizer/schedule; stage 2)
+    score_checkpoint: str = "best"  # which checkpoint `train` returns to score: "best" on validation, or
+    #                                 "last" (the final epoch, which the DCASE baseline's numbers use)
     log_every: int = 10  # optimizer steps between log lines / TensorBoard points
     eval_every: int = 1  # epochs between validations
     select_metric: str = "mAP@10"  # validation metric that picks best.pt

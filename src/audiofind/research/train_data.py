@@ -9,8 +9,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..audio import SAMPLE_RATE, load_audio
+from ..audio import SAMPLE_RATE
+from .audio_cache import AudioCache
 from .data import CaptionedClip, load_captions_csv, load_clotho
+from .sources import SourceConfig, TrainingData, load_sources
 from .train_config import AugmentConfig, DataConfig
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "collate",
     "crop_or_pad",
     "load_split",
+    "load_training",
+    "training_sources",
     "mixup",
 ]
 
@@ -51,7 +55,10 @@ def crop_or_pad(wave: np.ndarray, length: int, random_offset: bool) -> np.ndarra
 
 
 class CaptionDataset(Dataset):
-    """Training items: (wave cropped/padded to window_s, one caption, clip index, caption index)."""
+    """Training items: (wave cropped/padded to window_s, one caption, clip index, caption index).
+
+    With `clip_s` (whole clips, as the DCASE baseline trains) a clip is zero-padded to clip_s, or cropped
+    at random when longer, and the item carries its real duration for the segment weights."""
 
     def __init__(
         self,
@@ -59,11 +66,14 @@ class CaptionDataset(Dataset):
         window_s: float,
         items: str = "clips",
         augment: AugmentConfig | None = None,
+        clip_s: float | None = None,
+        cache: AudioCache | None = None,
     ) -> None:
         if items not in ("clips", "captions"):
             raise ValueError(f"data.items must be 'clips' or 'captions', not {items!r}")
         self.clips, self.augment = clips, augment or AugmentConfig()
-        self.length = round(window_s * SAMPLE_RATE)
+        self.clip_s, self.cache = clip_s, cache or AudioCache(None)
+        self.length = round((clip_s or window_s) * SAMPLE_RATE)
         self.offsets = np.concatenate([[0], np.cumsum([len(c.captions) for c in clips])]).astype(int)
         self.index = (
             [(c, None) for c in range(len(clips))]
@@ -82,9 +92,16 @@ class CaptionDataset(Dataset):
         clip, aug = self.clips[c], self.augment
         if k is None:
             k = int(torch.randint(len(clip.captions), ()))
-        limit = None if aug.random_crop else self.length / SAMPLE_RATE
-        wave, _ = load_audio(clip.audio_path, max_duration=limit)
-        wave = crop_or_pad(wave, self.length, aug.random_crop)
+        data = self.cache.array(clip.audio_path)  # memory-mapped when cached: only the crop is read
+        start = 0
+        if len(data) > self.length and (aug.random_crop or self.clip_s is not None):
+            start = int(torch.randint(len(data) - self.length + 1, ()))
+        wave = np.asarray(data[start : start + self.length], dtype=np.float32)
+        duration = len(wave) / SAMPLE_RATE
+        if self.clip_s is not None:
+            wave = np.pad(wave, (0, self.length - len(wave)))
+        else:
+            wave = crop_or_pad(wave, self.length, False)
         if aug.gain_db > 0:
             wave = wave * 10 ** ((torch.rand(()).item() * 2 - 1) * aug.gain_db / 20)
         caption = augment_caption(clip.captions[k], None, aug.word_dropout, aug.word_swap)
@@ -93,12 +110,14 @@ class CaptionDataset(Dataset):
             "caption": caption,
             "clip": c,
             "caption_id": int(self.offsets[c] + k),
+            "duration": duration,
         }
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "wave": torch.stack([it["wave"] for it in items]),
+        "duration": torch.tensor([it.get("duration", 0.0) for it in items], dtype=torch.float32),
         "caption": [it["caption"] for it in items],
         "clip": torch.tensor([it["clip"] for it in items]),
         "caption_id": torch.tensor([it["caption_id"] for it in items]),
@@ -108,14 +127,32 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 class WaveDataset(Dataset):
     """Whole clips for validation and teacher embedding, decoded in DataLoader workers."""
 
-    def __init__(self, clips: list[CaptionedClip]) -> None:
-        self.clips = clips
+    def __init__(self, clips: list[CaptionedClip], cache: AudioCache | None = None) -> None:
+        self.clips, self.cache = clips, cache or AudioCache(None)
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return load_audio(self.clips[i].audio_path)[0]
+        return np.asarray(self.cache.array(self.clips[i].audio_path), dtype=np.float32)
+
+
+def training_sources(data: DataConfig) -> list[SourceConfig]:
+    """data.sources, or the single source that clotho_root/train_split or train_csv describe."""
+    if data.sources:
+        return [SourceConfig.from_dict(dict(s)) for s in data.sources]
+    if data.train_csv:
+        return [SourceConfig("csv", path=data.train_csv, audio_root=data.audio_root, name="train")]
+    if data.clotho_root and data.train_split:
+        return [SourceConfig("clotho", root=data.clotho_root, split=data.train_split)]
+    raise ValueError(
+        "no training data: set data.clotho_root (Clotho), data.train_csv (your own CSV) or data.sources"
+    )
+
+
+def load_training(data: DataConfig) -> TrainingData:
+    """Every training source, filtered by the DCASE 2025 exclusion list (data.exclude)."""
+    return load_sources(training_sources(data), data.exclude)
 
 
 def load_split(data: DataConfig, which: str) -> list[CaptionedClip]:
