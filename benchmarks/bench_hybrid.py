@@ -2,8 +2,9 @@
 
     python benchmarks/bench_hybrid.py --sfx ../shared/data/sfx-dev --work bench-out/hybrid [--json out.json]
 
-Indexes sfx-dev twice through the package's `Library`: as it is (original file and folder names, the
-indexed root being the sfx-dev folder) and as anonymised copies (random hex names, one flat folder), then:
+Indexes sfx-dev twice through the package's `Library`: as it is (original file and folder names and
+embedded tags, the indexed root being the sfx-dev folder) and as anonymised copies (random hex names, one
+flat folder, embedded tags removed: 75 of the ogg files carry titles such as "geologist hammer 00"), then:
 
 1. **Fusion sweep** on the development packages only (`sfxdev.split_by_package`: wesnoth and freedesktop
    held out): score-weighted fusion `audio + wt * bm25 / (bm25 + h) + wn * name` over a grid, each signal
@@ -32,7 +33,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sfxdev import QUERIES_TSV, anonymise, load_manifest, load_queries, restrict, split_by_package  # noqa: E402
+from sfxdev import (  # noqa: E402
+    QUERIES_TSV,
+    anonymise,
+    load_manifest,
+    load_queries,
+    restrict,
+    split_by_package,
+    strip_tags,
+)
 
 from audiofind.library import Library  # noqa: E402
 from audiofind.library.fusion import (  # noqa: E402
@@ -159,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     train_cols, test_cols = split_by_package(clips)
     n = len(clips)
     anon = anonymise(args.sfx, clips, args.work / "clips")
+    strip_tags(anon)
     setups = {
         "original names": (open_library(args.work / "named-index", [args.sfx.resolve()], args.workers),
                            {str((args.sfx / c.rel_path).resolve()): j for j, c in enumerate(clips)}),

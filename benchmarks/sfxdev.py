@@ -213,6 +213,23 @@ def anonymise(
     return paths
 
 
+def strip_tags(paths: Sequence[Path]) -> int:
+    """Remove embedded tags (Vorbis comments, ID3, FLAC/MP4 tags) from copies, so that an anonymised copy
+    says nothing about itself in its metadata either; returns how many files had tags."""
+    import mutagen
+
+    stripped = 0
+    for path in paths:
+        try:
+            tagged = mutagen.File(path)
+        except mutagen.MutagenError:
+            continue
+        if tagged is not None and tagged.tags:
+            tagged.delete()
+            stripped += 1
+    return stripped
+
+
 # ---------------------------------------------------------------------------------------------
 # the peer: keyword search over the original file names
 # ---------------------------------------------------------------------------------------------

@@ -291,10 +291,15 @@ class Library:
             raise TypeError("search_many takes a list of queries; use search() for one")
         if not queries:
             return []
-        return self.search_encoded(queries, self.model.encode_text(list(queries)), k, mode, **filters)
+        model, texts = self.model, list(queries)
+        if mode != "audio" and getattr(model, "text_encoder", None) is self.sentences:
+            sentences = self.sentences.encode(texts)  # one encoder pass serves both sides
+            return self.search_encoded(texts, model.query_vectors(sentences), k, mode, sentences=sentences,
+                                       **filters)
+        return self.search_encoded(texts, model.encode_text(texts), k, mode, **filters)
 
     def search_encoded(self, queries: Sequence[str], vectors: np.ndarray, k: int = 10, mode: str = "hybrid",
-                       **filters: Any) -> list[list[SearchResult]]:
+                       sentences: np.ndarray | None = None, **filters: Any) -> list[list[SearchResult]]:
         """`search_many` with the query vectors already computed (the server batches them)."""
         with self._lock:
             if self._hybrid is None:
@@ -302,7 +307,7 @@ class Library:
                                             self.sentences.encode,
                                             class_names=getattr(self.model, "class_names", None))
             vectors = np.asarray(vectors, dtype=np.float32)
-            return self._hybrid.search(list(queries), vectors, k, mode, **filters)
+            return self._hybrid.search(list(queries), vectors, k, mode, sentences, **filters)
 
     def search_vector(self, vector: np.ndarray, k: int = 10, **filters: Any) -> list[SearchResult]:
         """Search with a vector from the index's own space (e.g. an embedded clip)."""

@@ -98,14 +98,18 @@ class HybridSearch:
         self.class_names = list(class_names) if class_names is not None else None
 
     def search(self, queries: Sequence[str], query_vectors: np.ndarray, k: int, mode: str = "hybrid",
-               **filters: Any) -> list[list[SearchResult]]:
+               sentences: np.ndarray | None = None, **filters: Any) -> list[list[SearchResult]]:
+        """`sentences`: the queries' sentence vectors, when the caller already has them."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if k <= 0:
             return [[] for _ in queries]
         pool = max(4 * k, 50)
         audio_hits = self.vectors.search(query_vectors, pool, **filters) if mode != "text" else None
-        sentences = self.encode_sentences(list(queries)) if mode != "audio" else None
+        if mode == "audio":
+            sentences = None
+        elif sentences is None:
+            sentences = self.encode_sentences(list(queries))
         name_hits = self.names.search(sentences, pool, **filters) if sentences is not None else None
         clause = filter_clause(**filters)
         out = []

@@ -1,0 +1,124 @@
+"""Query latency of hybrid against audio-only search through `Library.search`, at 10^4 and 10^6 clips.
+
+    python benchmarks/bench_hybrid_latency.py --seed-index bench-out/hybrid/named-index --sizes 10000,1000000
+
+The synthetic libraries are grown from a real index (build one with bench_hybrid.py): each synthetic clip
+copies a random real clip's text record (so the FTS5 table has the real word statistics, repeated) and
+gets an audio vector mixed from 1-3 real clip vectors (as in bench_search.py) and a name vector that is
+its seed's plus noise. Rows go straight into SQLite (the triggers fill FTS5); FAISS indexes are built by
+the library itself on the first search. Every query is one of the 159 real sfx-dev queries, one at a
+time, end to end (text encoders, FAISS, FTS5, fusion); the first pass warms caches and is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_search import synthetic_library  # noqa: E402
+from sfxdev import QUERIES_TSV, load_manifest, load_queries  # noqa: E402
+
+from audiofind.library import DB_NAME, Library  # noqa: E402
+
+COPIED_META = ("model_id", "model_name", "dim")
+
+
+def seed_rows(index: Path) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, str]]:
+    with sqlite3.connect(f"file:{index / DB_NAME}?mode=ro", uri=True) as conn:
+        rows = conn.execute("SELECT vector, name_vector, text FROM files WHERE text IS NOT NULL").fetchall()
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    audio = np.stack([np.frombuffer(r[0], "<f4") for r in rows])
+    dim = next(len(r[1]) // 4 for r in rows if r[1])
+    names = np.stack([np.frombuffer(r[1], "<f4") if r[1] else np.zeros(dim, np.float32) for r in rows])
+    return audio, names, [r[2] for r in rows], {k: meta[k] for k in COPIED_META}
+
+
+def build(target: Path, n: int, seed: tuple, rng: np.random.Generator) -> None:
+    audio_seed, name_seed, texts, meta = seed
+    Library.open(target, create=True).close()  # the schema
+    conn = sqlite3.connect(target / DB_NAME, isolation_level=None)
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("BEGIN")
+    conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
+    for start in range(0, n, 50_000):
+        m = min(50_000, n - start)
+        audio = synthetic_library(audio_seed, m, rng)
+        picks = rng.integers(0, len(texts), size=m)
+        names = name_seed[picks] + rng.normal(0, 0.02, size=(m, name_seed.shape[1])).astype(np.float32)
+        names /= np.maximum(np.linalg.norm(names, axis=1, keepdims=True), 1e-12)
+        paths = [f"/synthetic/{start + i:08d}.wav" for i in range(m)]
+        conn.executemany(
+            "INSERT INTO files (path_bytes, path, size, mtime_ns, content_hash, duration, sample_rate, "
+            "channels, tags, model_id, vector, indexed_at, text, name_vector) "
+            "VALUES (?, ?, 1, 0, ?, 1.0, 44100, 1, '[]', ?, ?, 0, ?, ?)",
+            ((path.encode(), path, f"{start + i:032x}", meta["model_id"], audio[i].tobytes(), texts[p],
+              names[i].astype("<f4").tobytes() if name_seed[p].any() else b"")
+             for i, (path, p) in enumerate(zip(paths, picks, strict=True))))
+    conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def latencies(lib: Library, queries: list[str], mode: str) -> np.ndarray:
+    times = []
+    for r in range(2):
+        for q in queries:
+            t0 = time.perf_counter()
+            lib.search(q, k=10, mode=mode)
+            times.append(1000 * (time.perf_counter() - t0))
+        if r == 0:
+            times.clear()
+    return np.array(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seed-index", type=Path, default=Path("bench-out/hybrid/named-index"))
+    ap.add_argument("--sfx", type=Path, default=Path("../shared/data/sfx-dev"))
+    ap.add_argument("--work", type=Path, default=Path("bench-out/hybrid-latency"))
+    ap.add_argument("--sizes", default="10000,1000000")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    queries, _ = load_queries(QUERIES_TSV, load_manifest(args.sfx))
+    seed = seed_rows(args.seed_index)
+    rng = np.random.default_rng(0)
+    rows, out = [], []
+    for n in (int(s) for s in args.sizes.split(",")):
+        target = args.work / f"n{n}"
+        if not (target / DB_NAME).exists():
+            t0 = time.perf_counter()
+            build(target, n, seed, rng)
+            print(f"built {n:,} rows in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        with Library.open(target) as lib:
+            t0 = time.perf_counter()
+            lib.search("warm up", k=10, mode="hybrid")  # loads models, builds and caches both FAISS files
+            setup = time.perf_counter() - t0
+            for mode in ("audio", "hybrid", "text"):
+                ms = latencies(lib, list(queries), mode)
+                row = {"clips": n, "mode": mode, "p50_ms": float(np.percentile(ms, 50)),
+                       "p99_ms": float(np.percentile(ms, 99)), "index": lib.stats()["index_kind"],
+                       "first_search_s": setup}
+                out.append(row)
+                rows.append(f"| {n:,} | {mode} | {row['index']} | {row['p50_ms']:.1f} | "
+                            f"{row['p99_ms']:.1f} |")
+    print("| clips | mode | FAISS | p50 ms | p99 ms |\n|---:|---|---|---:|---:|\n" + "\n".join(rows))
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    print(f"\ncommand: `{command}`")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"rows": out, "command": command}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
