@@ -8,8 +8,8 @@ flat folder, embedded tags removed: 75 of the ogg files carry titles such as "ge
 
 1. **Fusion sweep** on the development packages only (`sfxdev.split_by_package`: wesnoth and freedesktop
    held out): score-weighted fusion `audio + wt * bm25 / (bm25 + h) + wn * name` over a grid, each signal
-   alone, reciprocal-rank fusion, and a learned (logistic) ranking. Audio, BM25 and name scores come
-   from the library's own "audio" and "text" modes.
+   alone, reciprocal-rank fusion, and a learned (logistic) ranking. The three scores of every clip come
+   from the library itself (a hybrid search for all clips scores each of them exactly on every side).
 2. **Calibration**: a logistic fit of P(relevant | audio, text, name) on the top-50 hybrid candidates of
    every development query in both libraries, with a reliability table per split.
 3. **No good match**: the best result's strength for `sfxdev_nomatch.txt` (sounds sfx-dev lacks) against
@@ -68,15 +68,16 @@ def open_library(index_dir: Path, roots: Sequence[Path], workers: int) -> Librar
     return lib
 
 
-def mode_matrix(lib: Library, queries: Sequence[str], column: dict[str, int], n: int, mode: str,
-                field: str) -> np.ndarray:
-    """(queries, clips) of one result field from `search_many` in `mode`; clips not returned get NaN."""
-    out = np.full((len(queries), n), np.nan)
-    for i, hits in enumerate(lib.search_many(list(queries), k=n, mode=mode)):
+def mode_matrices(lib: Library, queries: Sequence[str], column: dict[str, int], k: int, mode: str,
+                  fields: Sequence[str]) -> list[np.ndarray]:
+    """(queries, clips) of result fields of the top-`k` results of `search_many` in `mode`; others NaN."""
+    out = [np.full((len(queries), len(column)), np.nan) for _ in fields]
+    for i, hits in enumerate(lib.search_many(list(queries), k=k, mode=mode)):
         for h in hits:
             j = column.get(str(Path(h.path).resolve()))
             if j is not None:
-                out[i, j] = getattr(h, field)
+                for matrix, field in zip(out, fields, strict=True):
+                    matrix[i, j] = getattr(h, field)
     return out
 
 
@@ -177,10 +178,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     }
     scores = {}
     for name, (lib, column) in setups.items():
-        audio = np.nan_to_num(mode_matrix(lib, queries, column, n, "audio", "audio_score"), nan=0.0)
-        bm25 = raw_bm25(mode_matrix(lib, queries, column, n, "text", "text_score"), DEFAULT_FUSION.text_half)
-        names = np.nan_to_num(mode_matrix(lib, queries, column, n, "text", "name_score"), nan=0.0)
-        scores[name] = (audio, bm25, names)
+        # hybrid with k = every clip scores every clip exactly on all three sides
+        audio, text, names = mode_matrices(lib, queries, column, n, "hybrid",
+                                           ("audio_score", "text_score", "name_score"))
+        scores[name] = (np.nan_to_num(audio, nan=0.0), raw_bm25(text, DEFAULT_FUSION.text_half),
+                        np.nan_to_num(names, nan=0.0))
 
     out: dict = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "n_queries": len(queries),
                  "n_clips": n, "n_nomatch_queries": len(nomatch)}
@@ -247,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for name, (lib, column) in setups.items():
         for mode in ("audio", "text", "hybrid"):
             field = {"audio": "audio_score", "text": "text_score", "hybrid": "score"}[mode]
-            m = mode_matrix(lib, queries, column, n, mode, field)
+            [m] = mode_matrices(lib, queries, column, 10, mode, [field])  # R@10, mAP@10 need only the top 10
             final[f"{name}, {mode}, all packages"] = metrics(m, relevant)
             final[f"{name}, {mode}, held-out packages"] = metrics(m[np.ix_(rows_test, test_cols)], rel_test)
     print(table(final, "library, mode, split"))

@@ -298,6 +298,24 @@ def test_search_ranks_relevant_clips_first(client: httpx.Client) -> None:
         assert first["tags"] and {"label", "prob"} <= set(first["tags"][0])
 
 
+def test_search_modes_match_strength_and_why(client: httpx.Client) -> None:
+    bodies = {mode: client.get("/api/search", params={"q": "glass breaking", "k": 5, "mode": mode}).json()
+              for mode in ("hybrid", "audio", "text")}
+    assert {b["mode"] for b in bodies.values()} == {"hybrid", "audio", "text"}
+    first = bodies["hybrid"]["results"][0]
+    assert "glass" in first["name"] and "glass" in first["why"]["words"] and first["why"]["tags"]
+    assert 0 < first["match"] <= 1 and not bodies["hybrid"]["no_good_match"]
+    assert all(r["why"]["words"] == [] and "text_score" not in r for r in bodies["audio"]["results"])
+    assert all(r["why"]["words"] or r["name_score"] > 0.3 for r in bodies["text"]["results"])
+    record = client.get(f"/api/clips/{first['id']}").json()
+    assert "glass" in record["words"]["name"]  # what the file says about itself
+    strict = client.get("/api/search", params={"q": "glass breaking", "min_score": 0.999}).json()
+    assert strict["results"] == [] and strict["count"] == 0
+    weak = client.get("/api/search", params={"q": "an electric guitar solo", "k": 3}).json()
+    assert weak["no_good_match"] and len(weak["results"]) == 3  # the closest sounds, flagged as weak
+    assert client.get("/api/search", params={"q": "glass", "mode": "loud"}).status_code in (400, 422)
+
+
 def test_search_filters(client: httpx.Client, lib_dir: Path) -> None:
     r = client.get("/api/search", params={"q": "animal", "k": 50, "min_duration": 1.0, "max_duration": 2.2})
     hits = r.json()["results"]

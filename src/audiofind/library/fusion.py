@@ -25,11 +25,11 @@ class FusionParams:
     """The constants of fusion and calibration, fitted on sfx-dev by benchmarks/tune_hybrid.py."""
 
     text_weight: float = 1.0  # hybrid = audio + text_weight * saturated BM25 + name_weight * name cosine
-    name_weight: float = 1.0
-    text_half: float = 4.0  # BM25 at which the saturated text score is 0.5
-    calibration: tuple[float, float, float, float] = (-5.0, 8.8, 5.5, 0.0)  # logit = c0 + ca*a + ct*t + cn*n
+    name_weight: float = 1.5
+    text_half: float = 8.0  # BM25 at which the saturated text score is 0.5
+    calibration: tuple[float, float, float, float] = (-6.35, 11.28, 2.45, 4.90)  # logit = c0+ca*a+ct*t+cn*n
     name_floor: float = 0.4  # text mode lists a clip for its name vector alone only from this cosine up
-    weak_below: float = 0.25  # a best match weaker than this is "nothing in this library matches well"
+    weak_below: float = 0.2  # a best match weaker than this is "nothing in this library matches well"
 
 
 DEFAULT_FUSION = FusionParams()
