@@ -152,13 +152,14 @@ def test_download_false_wins_even_online(env, served):
 def test_network_failure_gives_instructions(env, monkeypatch):
     import socket
 
-    with socket.socket() as s:  # a port nobody listens on
+    # a port nobody listens on: bound (so no other process can take it) but never listening, it refuses
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    asset = Asset("gone.bin", f"http://127.0.0.1:{port}/gone.bin", PAYLOAD_SHA, "CC0")
-    monkeypatch.setitem(ASSETS, asset.name, asset)
-    with pytest.raises(AssetNotFoundError, match="downloading it failed") as caught:
-        resolve_asset("gone.bin")
+        asset = Asset("gone.bin", f"http://127.0.0.1:{port}/gone.bin", PAYLOAD_SHA, "CC0")
+        monkeypatch.setitem(ASSETS, asset.name, asset)
+        with pytest.raises(AssetNotFoundError, match="downloading it failed") as caught:
+            resolve_asset("gone.bin")
     assert asset.url in str(caught.value)
     assert not (env / "gone.bin").exists()
 

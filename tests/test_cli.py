@@ -162,24 +162,35 @@ def test_kill_9_midway_then_resume(tmp_path):
     sounds.mkdir()
     for i, rel in enumerate(short):
         shutil.copyfile(SFX / rel, sounds / f"clip_{i:03d}{Path(rel).suffix}")
+    # The indexer stops itself inside a write transaction (rows written, not committed) once at least 4 files
+    # are committed, and says so in `ready`; the kill lands there, whatever the machine's speed.
+    ready = tmp_path / "ready"
     driver = (
-        "import sys, audiofind.library as L, audiofind.library.store as store\n"
+        "import sys, threading, audiofind.library as L, audiofind.library.store as store\n"
         "store.COMMIT_EVERY_FILES = 2\n"
+        "bump, committed = store.bump_generation, [0]\n"
+        "def bump_then_wait_midway(conn):\n"
+        "    bump(conn)\n"
+        "    n = conn.execute('SELECT COUNT(*) FROM files').fetchone()[0]\n"
+        "    if committed[0] >= 4 and n > committed[0]:\n"
+        "        open(sys.argv[3] + '.tmp', 'w').write(str(committed[0]))\n"
+        "        store.os.replace(sys.argv[3] + '.tmp', sys.argv[3])\n"
+        "        threading.Event().wait()  # until killed, with this transaction open\n"
+        "    committed[0] = n\n"
+        "store.bump_generation = bump_then_wait_midway\n"
         "lib = L.Library.open(sys.argv[1], create=True)\n"
         "lib.update([sys.argv[2]], workers=1, batch_size=2, progress=False)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", driver, str(index), str(sounds)], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    seen, deadline = 0, time.monotonic() + 150
+    proc = subprocess.Popen([sys.executable, "-c", driver, str(index), str(sounds), str(ready)],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
     try:
-        while seen < 4 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-            try:
-                with sqlite3.connect(f"file:{index / DB_NAME}?mode=ro", uri=True) as conn:
-                    seen = conn.execute("SELECT COUNT(*) FROM files").fetchone()[0]
-            except sqlite3.Error:
-                pass  # not created yet
-        assert proc.poll() is None, f"the indexer ended before it could be killed: {proc.stderr.read()}"
+        while not ready.exists():
+            assert proc.poll() is None, f"the indexer ended before it could be killed: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "the indexer never got 4 files in"
+            time.sleep(0.05)  # poll interval: the loop waits for `ready`
+        committed = int(ready.read_text())
+        assert proc.poll() is None
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -191,6 +202,7 @@ def test_kill_9_midway_then_resume(tmp_path):
     with Library.open(index) as lib:
         partial = len(lib)
         assert 4 <= partial < len(short)
+        assert partial == committed  # what was committed survives; the open transaction is gone
         vec = lib.clip(lib.search_vector(np.ones(lib.stats()["dim"], np.float32), k=1)[0].id).vector
         assert len(lib.search_vector(vec, k=3)) == 3
 

@@ -233,20 +233,23 @@ def test_similar_to_an_outside_file_embeds_it(built, tmp_path):
         lib.similar(tmp_path / "missing.wav")
 
 
-def test_reopen_rebuilds_a_missing_or_stale_faiss_file(built, model):
+def test_reopen_rebuilds_a_missing_or_stale_faiss_file(built, model, tmp_path):
     lib, _, _ = built
     vec = lib.model.encode_text(["a bird"])[0]
     expected = [r.id for r in lib.search_vector(vec, k=5)]
-    faiss_file = lib.index_dir / FAISS_NAME
-    with Library.open(lib.index_dir) as again:  # model not loaded: stored-vector search needs none
+    index_dir = tmp_path / "index"  # a copy: the shared index is never left without (or with a bad) file
+    shutil.copytree(lib.index_dir, index_dir)
+    faiss_file = index_dir / FAISS_NAME
+    assert faiss_file.exists()
+    with Library.open(index_dir) as again:  # model not loaded: stored-vector search needs none
         assert [r.id for r in again.search_vector(vec, k=5)] == expected
         assert again._model is None
     faiss_file.unlink()
-    with Library.open(lib.index_dir) as again:
+    with Library.open(index_dir) as again:
         assert [r.id for r in again.search_vector(vec, k=5)] == expected
     assert faiss_file.exists()
     faiss_file.write_bytes(b"garbage")
-    with Library.open(lib.index_dir, model) as again:
+    with Library.open(index_dir, model) as again:
         assert [r.id for r in again.search_vector(vec, k=5)] == expected
     assert faiss_file.read_bytes().startswith(b"AUDIOFIND-FAISS")
 

@@ -703,29 +703,67 @@ NEW_CLIPS = [
 ]  # not in the library: the model runs
 
 
+@pytest.fixture
+def own_server(
+    library_files: tuple[Path, Path], tmp_path: Path
+) -> Iterator[tuple[LiveServer, Path, httpx.Client]]:
+    """A server over a private copy of the index, for a test that changes it (the module's stays as it is)."""
+    index = copy_index(library_files[1], tmp_path / "own-index")
+    live = LiveServer(create_app(index, model=shared_model()))
+    with live, httpx.Client(base_url=live.url, timeout=60) as c:
+        yield live, index, c
+
+
 def test_index_updated_while_serving(
-    client: httpx.Client, server: LiveServer, index_dir: Path, sfx_dir: Path, tmp_path: Path
+    own_server: tuple[LiveServer, Path, httpx.Client], sfx_dir: Path, tmp_path: Path
 ) -> None:
+    server, index_dir, client = own_server
     new_root = tmp_path / "new"
     new_root.mkdir()
     for name in NEW_CLIPS:
         shutil.copyfile(sfx_dir / "0ad/audio/actor/fauna/animal" / name, new_root / f"new_{name}")
-    before = client.get("/api/status").json()["clips"]
+    status_before = client.get("/api/status").json()
+    before = status_before["clips"]
     errors: list[str] = []
-    done = threading.Event()
-    during: list[int] = []  # requests answered while the update ran, per thread
+    updating, done = threading.Event(), threading.Event()
+    answered = threading.Condition()
+    during = [0, 0, 0, 0]  # requests answered (200) while the update ran, per thread
+    pauses: list[dict[str, Any]] = []
 
     def hammer(i: int) -> None:
-        with httpx.Client(base_url=server.url, timeout=60) as c:
-            n = ok_during = 0
-            while not done.is_set() or n < 3:
-                q = ["a sheep", "cow mooing", "bird song", "footsteps", "chicken"][(i + n) % 5]
-                for r in (c.get("/api/search", params={"q": q, "k": 10}), c.get("/api/status")):
-                    if r.status_code != 200:
-                        errors.append(f"{r.status_code} {r.text[:200]}")
-                    ok_during += not done.is_set()
-                n += 1
-            during.append(ok_during)
+        try:
+            with httpx.Client(base_url=server.url, timeout=60) as c:
+                n = 0
+                while not done.is_set() or n < 3:
+                    q = ["a sheep", "cow mooing", "bird song", "footsteps", "chicken"][(i + n) % 5]
+                    for r in (c.get("/api/search", params={"q": q, "k": 10}), c.get("/api/status")):
+                        if r.status_code != 200:
+                            errors.append(f"{r.status_code} {r.text[:200]}")
+                        elif updating.is_set() and not done.is_set():
+                            with answered:
+                                during[i] += 1
+                                answered.notify_all()
+                    n += 1
+        except Exception as e:  # noqa: BLE001 - reported below, and wakes the writer
+            errors.append(f"thread {i}: {type(e).__name__}: {e}")
+        finally:
+            with answered:
+                answered.notify_all()
+
+    def every_thread_answers(progress: dict[str, Any]) -> None:
+        """Called by the update as it goes: hold it there until each thread has had an answer since."""
+        pauses.append(progress)
+        with answered:
+            updating.set()
+            target = [d + 1 for d in during]
+
+            def everyone_answered() -> bool:
+                return all(d >= t for d, t in zip(during, target, strict=True))
+
+            answered.wait_for(
+                lambda: everyone_answered() or errors or not all(t.is_alive() for t in threads), timeout=180
+            )
+            assert everyone_answered() and not errors, (during, target, errors[:5])
 
     threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
     for t in threads:
@@ -733,20 +771,28 @@ def test_index_updated_while_serving(
     try:
         # another connection writing the same index, as `audiofind index` would from another process
         with Library.open(index_dir, model=shared_model()) as writer:
-            report = writer.update([new_root], workers=0, progress=False)
+            report = writer.update([new_root], workers=0, progress=every_thread_answers)
         assert report.added == len(NEW_CLIPS)
     finally:
         done.set()
         for t in threads:
             t.join(60)
     assert not errors, errors[:5]
+    assert not any(t.is_alive() for t in threads)
+    assert pauses and pauses[-1]["done"] == len(NEW_CLIPS)
+    assert all(d >= len(pauses) for d in during), (during, len(pauses))  # served at every step of the update
     assert sum(during) >= 4, during
-    deadline = time.monotonic() + 10
-    while True:  # the server checks for a new index at most once a second
+    status = client.get("/api/status").json()
+    assert status["generation"] > status_before["generation"]
+    assert status["clips"] == before + len(NEW_CLIPS)
+    # the server checks for a new index at most once a second: wait (generously) until it has picked it up
+    deadline = time.monotonic() + 180
+    while True:
         hits = client.get("/api/search", params={"q": "sheep", "k": 20, "path_prefix": f"{new_root}/"}).json()
-        if hits["count"] == len(NEW_CLIPS) or time.monotonic() > deadline:
+        if hits["count"] == len(NEW_CLIPS):
             break
-        time.sleep(0.3)
+        assert time.monotonic() < deadline, f"the server never picked up the new index: {hits}"
+        time.sleep(0.1)  # poll interval, not synchronisation: the loop waits for the condition above
     assert sorted(h["name"] for h in hits["results"]) == sorted(f"new_{n}" for n in NEW_CLIPS)
     assert "new_sheep_11.ogg" in [h["name"] for h in hits["results"][:3]]
     assert client.get("/api/status").json()["clips"] == before + len(NEW_CLIPS)

@@ -151,7 +151,9 @@ def _gather_worker(rank: int, port: int, out: str) -> None:
 
     from audiofind.research.losses import gather_no_grad, gather_with_grad
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    # a client of the store the parent owns (listening before the ranks start): no port to race for
+    store = dist.TCPStore("127.0.0.1", port, is_master=False)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
     torch.manual_seed(0)
     model = DistributedDataParallel(_Towers())
     x, y, ids = (t[2 * rank : 2 * rank + 2] for t in _batch())
@@ -169,14 +171,15 @@ def _gather_worker(rank: int, port: int, out: str) -> None:
 @pytest.mark.slow
 def test_gathered_loss_under_ddp_matches_one_big_batch(tmp_path):
     """Two ranks with half a batch each get the gradient of the loss over the whole batch."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_gather_worker, args=(port, str(tmp_path / "grads.pt")), nprocs=2)
+    # the rendezvous store listens on a port the kernel picked, held by this process until both ranks are
+    # done (picking a free port and letting it go before the ranks bound it raced with other processes)
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    try:
+        mp.spawn(_gather_worker, args=(store.port, str(tmp_path / "grads.pt")), nprocs=2)
+    finally:
+        del store
     torch.manual_seed(0)
     model = _Towers()
     x, y, ids = _batch()
@@ -399,6 +402,9 @@ def test_train_overfits_and_checkpoint_serves(clotho_tree, assets_dir, tmp_path)
 
 def _subprocess_env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # torchrun --standalone: the agent's store is bound to port 0 and shared with the workers (no free-port
+    # guess); this switch would bring the guess back, so the tests never inherit it
+    env.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
     return env
 

@@ -34,6 +34,8 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 WAIT_MS = 30_000
 
 sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
+expect.set_options(timeout=WAIT_MS)
 if not shutil.which(CHROMIUM) and not Path(CHROMIUM).is_file():
     pytest.skip(f"no Chromium at {CHROMIUM} (set AUDIOFIND_CHROMIUM)", allow_module_level=True)
 
@@ -126,6 +128,8 @@ def test_type_query_play_and_more_like_this(page: Any) -> None:
     page.wait_for_function("document.getElementById('player').currentTime > 0.05")
     t1 = page.evaluate("document.getElementById('player').currentTime")
     page.wait_for_function(f"document.getElementById('player').currentTime > {t1} + 0.1")
+    expect(first.locator(".play")).to_have_attribute("aria-label", re.compile(r"^Pause "))
+    expect(first).to_have_class(re.compile(r"(^|\s)playing(\s|$)"))
     assert first.locator(".play").get_attribute("aria-label").startswith("Pause")
     assert first.get_attribute("class").split().count("playing") == 1
     src = page.evaluate("document.getElementById('player').src")
@@ -168,12 +172,17 @@ def test_keyboard_navigation(page: Any) -> None:
     assert page.evaluate("document.activeElement.dataset.index") == "1"
     clip_id = selected.get_attribute("data-id")
 
+    button = page.locator(".play").nth(1)
     page.keyboard.press("Space")  # plays the selected result
     page.wait_for_function("document.getElementById('player').currentTime > 0.05")
     assert page.evaluate("document.getElementById('player').src").endswith(f"/api/clips/{clip_id}/audio")
+    expect(button).to_have_attribute("aria-label", re.compile(r"^Pause "))  # set by the page's play handler
     page.keyboard.press("Space")  # and pauses it
     page.wait_for_function("document.getElementById('player').paused")
-    assert page.locator(".play").nth(1).get_attribute("aria-label").startswith("Play")
+    # `paused` flips at once; the label follows in the page's `pause` handler, a task later: wait for it
+    expect(button).to_have_attribute("aria-label", re.compile(r"^Play "))
+    assert button.get_attribute("aria-label").startswith("Play")
+    assert page.evaluate("document.getElementById('player').paused")
 
     name = selected.locator(".name").inner_text()
     page.keyboard.press("Enter")  # more like this
@@ -183,27 +192,41 @@ def test_keyboard_navigation(page: Any) -> None:
 
     page.keyboard.press("Escape")  # back to the text results
     page.wait_for_selector("#context", state="hidden")
+    wait_results(page, f"!!document.getElementById('result-{clip_id}')")  # the text results are back
     page.locator(".result").first.focus()
+    assert page.evaluate("document.activeElement.dataset.index") == "0"
     page.keyboard.press("ArrowUp")  # from the top of the list back to the search box
     assert page.evaluate("document.activeElement.id") == "q"
 
 
 def test_filters_and_stale_responses(page: Any, server: LiveServer) -> None:
-    # a slow answer to an older query must not replace the newer one's results
+    # a slow answer to an older query must not replace the newer one's results: the sword answer is
+    # held back (and not aborted) until the glass results are shown, then let through
     page.evaluate("""() => {
         const real = window.fetch;
-        window.fetch = (url, opts) => String(url).includes('q=sword')
-            ? new Promise((resolve, reject) => setTimeout(() => real(url, {...opts, signal: undefined})
-                  .then(resolve, reject), 1500))
-            : real(url, opts);
+        let release;
+        const gate = new Promise((resolve) => { release = resolve; });
+        window.sword = { asked: false, read: false, release: () => release() };
+        window.fetch = (url, opts) => {
+            if (!String(url).includes('q=sword')) return real(url, opts);
+            window.sword.asked = true;
+            return gate.then(() => real(url, {...opts, signal: undefined})).then((response) => {
+                const json = response.json.bind(response);
+                response.json = () => json().then((body) => { window.sword.read = true; return body; });
+                return response;
+            });
+        };
     }""")
     page.locator("#q").fill("sword")
-    page.wait_for_timeout(400)  # past the debounce: the sword request is in flight
+    page.wait_for_function("window.sword.asked")  # past the debounce: the sword request is in flight
     page.locator("#q").fill("glass breaking")
     wait_results(page, "names.slice(0, 3).some(n => n.includes('glass'))")
     glass = result_names(page)
-    page.wait_for_timeout(1600)  # the sword answer has arrived by now, and was dropped
+    page.evaluate("window.sword.release()")
+    # the page has read the sword answer; dropping it follows in the same microtask run, before this returns
+    page.wait_for_function("window.sword.read")
     assert result_names(page) == glass
+    assert not page.locator("#results").get_attribute("aria-busy")
 
     page.locator("#max-duration").fill("1")
     page.wait_for_function(
@@ -214,6 +237,7 @@ def test_filters_and_stale_responses(page: Any, server: LiveServer) -> None:
     assert durations and max(durations) <= 1.0 and len(durations) < len(CLIPS)
 
     page.locator("#clear-filters").click()
+    wait_results(page, f"names.length === {len(CLIPS)}")  # the unfiltered list, not the one it replaces
     folder = page.locator(".result .folder").first.inner_text().strip("\u200e ")
     page.locator(".result .folder").first.click()  # a result's folder becomes the folder filter
     assert page.locator("#folder").input_value() == folder
