@@ -105,7 +105,9 @@ def test_query_terms_and_a_safe_fts_expression():
     assert query_terms("a the of") == [] and match_expression([]) is None
     # FTS5 syntax in a query is only ever words: quotes, stars, NEAR, colons and minus signs
     hostile = query_terms('door" OR * NEAR(x y) -slam col:name ^start')
-    assert match_expression(hostile).count('"') == 2 * len(hostile)
+    assert all(f'"{stem}"' in match_expression(hostile) for stem, _ in hostile)
+    assert '"sword" OR "sword"*' in match_expression(query_terms("sword"))  # compounds: "swordhit"
+    assert match_expression(query_terms("ox")) == '"ox"'  # short stems match whole words only
 
 
 # ---------------------------------------------------------------- real files
@@ -166,6 +168,7 @@ def test_names_and_folders_count(sfx_dir, model, tmp_path):
         assert record["name"] == "fs gravel" and record["folders"] == "foley footsteps"
         ucs = lib.find(sounds / "GLASBreak_Window Shatter_ACME_01.ogg").words
         assert "glass" in ucs["ucs_category"].lower() and "window shatter" in ucs["name"]
+        assert lib.search('door" OR * NEAR(x y) -slam col:name ^start', k=1, mode="text")  # words, not syntax
         hit = lib.search("footsteps on gravel", k=1)[0]
         assert set(hit.why["words"]) == {"footsteps", "gravel"} and hit.why["tags"]
         assert 0 < hit.match <= 1 and hit.text_score > 0 and hit.name_score > 0

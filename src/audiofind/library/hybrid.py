@@ -45,9 +45,19 @@ def query_terms(query: str) -> list[tuple[str, str]]:
     return list(seen.items())
 
 
+PREFIX_MIN = 3  # stems this long also match as prefixes: "sword" finds "swordhit", "wind" finds "windgust"
+
+
 def match_expression(terms: Sequence[tuple[str, str]]) -> str | None:
-    """An FTS5 query OR-ing the stems (each quoted, so no word is read as an operator)."""
-    return " OR ".join(f'"{stem}"' for stem, _ in terms) or None
+    """An FTS5 query OR-ing the stems, each quoted (no word is read as an operator) and, when long enough,
+    also as a prefix: a whole-word match then counts twice in BM25, a compound-word match once."""
+    parts = [f'"{stem}" OR "{stem}"*' if len(stem) >= PREFIX_MIN else f'"{stem}"' for stem, _ in terms]
+    return " OR ".join(parts) or None
+
+
+def matches(stem: str, words: set[str]) -> bool:
+    """Whether a query stem matched a record's words, as `match_expression` matches them."""
+    return stem in words or (len(stem) >= PREFIX_MIN and any(w.startswith(stem) for w in words))
 
 
 class TextSearcher:
@@ -156,7 +166,7 @@ class HybridSearch:
             h.match, h.audio_score = float(strength[j]), float(a[j])
             if mode != "audio":
                 h.text_score, h.name_score = float(t[j]), float(n[j])
-            h.why = {"words": [word for stem, word in terms if stem in stems.get(h.id, ())],
+            h.why = {"words": [word for stem, word in terms if matches(stem, stems.get(h.id, set()))],
                      "tags": tags.get(h.id, [])}
         return hits
 
