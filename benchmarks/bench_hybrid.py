@@ -184,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         scores[name] = (np.nan_to_num(audio, nan=0.0), raw_bm25(text, DEFAULT_FUSION.text_half),
                         np.nan_to_num(names, nan=0.0))
 
+    np.savez(args.work / "scores.npz", **{f"{name}.{side}": m for name, ms in scores.items()
+                                          for side, m in zip(("audio", "bm25", "name"), ms, strict=True)})
     out: dict = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "n_queries": len(queries),
                  "n_clips": n, "n_nomatch_queries": len(nomatch)}
     q_train, rel_train, rows_train = restrict(queries, relevant, train_cols)

@@ -27,7 +27,7 @@ class FusionParams:
     text_weight: float = 1.0  # hybrid = audio + text_weight * saturated BM25 + name_weight * name cosine
     name_weight: float = 1.5
     text_half: float = 8.0  # BM25 at which the saturated text score is 0.5
-    calibration: tuple[float, float, float, float] = (-6.35, 11.28, 2.45, 4.90)  # logit = c0+ca*a+ct*t+cn*n
+    calibration: tuple[float, float, float, float] = (-5.35, 9.65, 2.97, 3.15)  # logit = c0+ca*a+ct*t+cn*n
     name_floor: float = 0.4  # text mode lists a clip for its name vector alone only from this cosine up
     weak_below: float = 0.2  # a best match weaker than this is "nothing in this library matches well"
 
