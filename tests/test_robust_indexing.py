@@ -258,8 +258,8 @@ def test_decoding_workers_die_with_their_parent(tmp_path, how):
 def test_memory_stays_flat_with_sixteen_one_hour_files(tmp_path):
     """16 one-hour files (1 kHz WAVs, each 14 MB of float32 once decoded) cost the indexer about what one
     does: the decoded audio in flight is bounded by seconds, not by a count of files. With the old count
-    window (`--queue unbounded`) the 16-file run grows ~235 MB more than the 1-file run on this machine,
-    with the bound ~45 MB; see BENCHMARKS.md for 32 kHz numbers."""
+    window (`--queue unbounded`) the 16-file run grows ~200 MB more than the 1-file run on this machine,
+    with the bound ~30 MB; BENCHMARKS.md has the 32 kHz numbers."""
     bench = ROOT / "benchmarks" / "bench_index_memory.py"
     out = subprocess.run([sys.executable, str(bench), "--counts", "1", "16", "--rate", "1000",
                           "--file-rate", "1000", "--model-passes", "3", "--queue", "bounded", "--json",
@@ -393,6 +393,21 @@ def test_empty_and_silent_clips_are_skipped_not_ranked(tmp_path, monkeypatch):
         assert len(lib.search_vector(np.ones(8, np.float32), k=20)) == 2
         monkeypatch.setattr(updater, "decode_file", lambda t: pytest.fail(f"{t[0]} decoded again"))
         assert len(lib.update([sounds], workers=0, progress=False).skipped) == 11  # remembered
+
+
+def test_short_clips_indexed_by_an_older_version_are_taken_out(tmp_path, monkeypatch):
+    sounds = tmp_path / "sounds"
+    copy(CLIPS[0], sounds)
+    for rel in SHORT[:3]:
+        copy(rel, sounds)
+    with open_lib(tmp_path) as lib:
+        monkeypatch.setattr(workers, "MIN_CLIP_SECONDS", 0.0)  # as before: short clips got rows and tags
+        assert lib.update([sounds], workers=0, progress=False).added == 4
+        monkeypatch.undo()
+        report = lib.update([sounds], workers=0, progress=False)
+        assert report.removed == 3 and len(lib) == 1
+        assert all("too short" in r for r in skipped(report).values()) and len(skipped(report)) == 3
+        assert len(failures(lib)) == 3 and len(lib.update([sounds], workers=0, progress=False).skipped) == 3
 
 
 def test_symlinked_folders_are_followed_once_never_silently(tmp_path):

@@ -28,6 +28,7 @@ from .metadata import build_text_record
 from .records import Progress, UpdateReport
 from .store import UPSERT, KnownFile, Writer, prefix_range, tags_json, vector_blob
 from .workers import (
+    MIN_CLIP_SECONDS,
     Failure,
     bounded_map,
     decode_file,
@@ -80,9 +81,20 @@ class Updater:
             failed = {p: rest for p, *rest in self._rows_under(
                 abs_roots, "SELECT path_bytes, size, mtime_ns, reason FROM failures")
                 if not rest[2].startswith(_ENVIRONMENT_REASONS)}  # older indexes stored these: retry them
+            too_short = self._rows_under(abs_roots, "SELECT path_bytes, id, size, mtime_ns, duration "
+                                                    f"FROM files WHERE duration < {MIN_CLIP_SECONDS!r} AND")
         bar = ProgressBar(progress, total=len(listing))
         writer = Writer(self.conn, self.lock)
         try:
+            for path_b, clip_id, size, mtime_ns, duration in too_short:  # indexed before they were refused
+                reason = f"too short to tell what it is: {duration:.3f} s (under {MIN_CLIP_SECONDS:g} s)"
+                writer.add("DELETE FROM files WHERE id = ?", (clip_id,))
+                writer.add("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)",
+                           (path_b, size, mtime_ns, reason))
+                known.pop(path_b, None)
+                failed[path_b] = [size, mtime_ns, reason]
+                report.removed += 1
+            writer.flush()
             to_hash = []
             for path_b, (size, mtime_ns) in listing.items():
                 rec = known.get(path_b)
@@ -120,15 +132,17 @@ class Updater:
         return writer.commits
 
     def _rows_under(self, roots: Sequence[str], select: str) -> list[list[Any]]:
-        """Rows of `select` (whose first column is path_bytes, returned as bytes) for paths under `roots`."""
+        """Rows of `select` (whose first column is path_bytes, returned as bytes) for paths under `roots`;
+        a `select` ending in AND has its own conditions."""
+        where = select if select.endswith(" AND") else f"{select} WHERE"
         out: dict[bytes, list[Any]] = {}
         for root in roots:
             if os.path.isdir(root):
                 lo, hi = prefix_range(os.fsencode(root.rstrip(os.sep) + os.sep))
-                rows = self.conn.execute(f"{select} WHERE path_bytes >= ? AND (? IS NULL OR path_bytes < ?)",
+                rows = self.conn.execute(f"{where} path_bytes >= ? AND (? IS NULL OR path_bytes < ?)",
                                           (lo, hi, hi))
             else:
-                rows = self.conn.execute(f"{select} WHERE path_bytes = ?", (os.fsencode(root),))
+                rows = self.conn.execute(f"{where} path_bytes = ?", (os.fsencode(root),))
             for path_b, *rest in rows:
                 out[bytes(path_b)] = [bytes(path_b), *rest]
         return list(out.values())
