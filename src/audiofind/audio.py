@@ -1,9 +1,15 @@
-"""Decode any audio file to mono float32 at the model's rate, in bounded memory, with clear errors."""
+"""Decode any audio file to mono float32 at the model's rate, in bounded memory, with clear errors.
+
+It is longer than 400 lines because everything a hostile or odd file can do to a decoder is met here, in
+one place, for both backends (libsndfile and PyAV): FIFOs and devices refused on the opened descriptor,
+implausible rates and channel counts refused before allocating, and decoded output capped per file.
+"""
 
 from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,18 +38,28 @@ _TRUNCATION_SLACK = 0.01  # fraction a decoder may fall short of its header befo
 _CODEC_PADDING = 4096  # frames an encoder may pad past the declared end (AAC pads to 1024-frame packets)
 _MAX_PREALLOC = 1 << 31  # output samples (8 GiB) beyond which a header is not trusted for preallocation
 
+# What a header may claim before anything is allocated for it: a 20 KB WAV that says 1 Hz would otherwise
+# decode to 5.5 hours of output. Rates outside these bounds, or absurd channel counts, are refused by name.
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 1_536_000
+MAX_CHANNELS = 256
+# Seconds of output decoded per file when the caller sets no `max_duration`: 2 h is 0.9 GB of float32 at
+# 32 kHz. A longer file is decoded up to the cap and its AudioInfo says so (`truncated`).
+MAX_DECODE_SECONDS = 2 * 3600.0
+
 
 class AudioDecodeError(ValueError):
     """An audio file could not be decoded; says which file and why, so a library scan can report and go on."""
 
-    def __init__(self, path: PathLike, reason: str):
+    def __init__(self, path: PathLike, reason: str, transient: bool = False):
         self.path = Path(os.fsdecode(path))
         self.reason = reason
+        self.transient = transient  # the environment failed (permissions, I/O), not the bytes: worth retrying
         super().__init__(f"cannot decode audio file '{printable_path(path)}': {reason}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Keep the exception picklable (DataLoader workers send it across processes)."""
-        return (type(self), (self.path, self.reason))
+        return (type(self), (self.path, self.reason, self.transient))
 
 
 @dataclass(frozen=True)
@@ -53,6 +69,7 @@ class AudioInfo:
     duration: float  # seconds
     sample_rate: int  # native rate of the file
     channels: int
+    truncated: str | None = None  # why only part of the file was decoded (the default duration cap)
 
 
 class _Unsupported(Exception):
@@ -84,23 +101,32 @@ def load_audio(
 ) -> tuple[np.ndarray, AudioInfo]:
     """Decode to mono float32 at `sample_rate`, reading block by block so long files stay cheap.
 
-    Channels are averaged and non-finite samples become 0. `max_duration` (seconds) stops decoding early.
-    The returned AudioInfo describes the file itself: native rate, channels and its whole duration.
+    Channels are averaged and non-finite samples become 0. `max_duration` (seconds) stops decoding early;
+    None means MAX_DECODE_SECONDS, after which the wave is cut and `AudioInfo.truncated` says why, and
+    `math.inf` decodes everything. The returned AudioInfo describes the file itself: native rate, channels
+    and its whole duration.
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     if max_duration is not None and max_duration <= 0:
         raise ValueError(f"max_duration must be positive or None, got {max_duration}")
+    capped = max_duration is None
+    limit = MAX_DECODE_SECONDS if max_duration is None else None if math.isinf(max_duration) else max_duration
     with _open(path) as fh:
         try:
-            return _sf_load(fh, path, sample_rate, max_duration)
+            wave, info = _sf_load(fh, path, sample_rate, limit)
         except _Unsupported as e:
             fh.seek(0)
-            return _av_load(fh, path, sample_rate, max_duration, str(e))
+            wave, info = _av_load(fh, path, sample_rate, limit, str(e))
         except AudioDecodeError:
             raise
         except (sf.SoundFileError, RuntimeError, ValueError) as e:
             raise AudioDecodeError(path, _reason(e)) from e
+    if capped and limit is not None and info.duration > limit + 1.0 / sample_rate:
+        info = AudioInfo(info.duration, info.sample_rate, info.channels,
+                         f"decoded only the first {limit:g} s of {info.duration:.1f} s (the per-file cap; "
+                         f"pass max_duration to change it)")
+    return wave, info
 
 
 def frame_windows(
@@ -141,17 +167,51 @@ def frame_windows(
 def _open(path: PathLike) -> Iterator[BinaryIO]:
     """Open the file ourselves: a file object sidesteps name-encoding issues; OS errors get a clear reason."""
     try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed below
+        fh = open_regular(path)
     except FileNotFoundError as e:
-        raise AudioDecodeError(path, "file not found") from e
+        raise AudioDecodeError(path, "file not found", transient=True) from e
     except IsADirectoryError as e:
         raise AudioDecodeError(path, "is a directory, not a file") from e
+    except NotRegularFileError as e:
+        raise AudioDecodeError(path, str(e)) from e
     except OSError as e:
-        raise AudioDecodeError(path, e.strerror or str(e)) from e
+        raise AudioDecodeError(path, e.strerror or str(e), transient=True) from e
     with fh:
         if os.fstat(fh.fileno()).st_size == 0:
             raise AudioDecodeError(path, "file is empty (0 bytes)")
         yield fh
+
+
+class NotRegularFileError(OSError):
+    """A FIFO, socket or device where a file was expected: reading it could block forever."""
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISDIR, "a directory"))
+
+
+def special_file_kind(mode: int) -> str | None:
+    """'a FIFO (named pipe)' etc. for a non-regular st_mode, None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def open_regular(path: PathLike) -> BinaryIO:
+    """Open for reading without ever blocking: O_NONBLOCK (a FIFO opens at once instead of waiting for a
+    writer), then fstat on the opened descriptor (so a file swapped for a FIFO after listing is caught)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        kind = special_file_kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise NotRegularFileError(f"not a regular file: {kind}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _reason(e: BaseException) -> str:
@@ -171,7 +231,21 @@ def _sf_open(fh: BinaryIO) -> sf.SoundFile:
     if f.samplerate <= 0 or f.channels <= 0:
         f.close()
         raise ValueError(f"invalid header (sample rate {f.samplerate}, channels {f.channels})")
+    try:
+        check_format(f.samplerate, f.channels)
+    except ValueError:
+        f.close()
+        raise
     return f
+
+
+def check_format(rate: int, channels: int) -> None:
+    """Refuse a header whose rate or channel count no real recording has, before allocating for it."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise ValueError(f"implausible sample rate {rate} Hz in the header "
+                         f"(accepted: {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)")
+    if not 0 < channels <= MAX_CHANNELS:
+        raise ValueError(f"implausible channel count {channels} in the header (accepted: 1-{MAX_CHANNELS})")
 
 
 class _MonoSink:
@@ -331,6 +405,10 @@ def _av_load(
         rate, channels = _av_format(stream)
         if rate <= 0:
             raise AudioDecodeError(path, "the audio stream declares no sample rate")
+        try:
+            check_format(rate, channels or 1)
+        except ValueError as e:
+            raise AudioDecodeError(path, str(e)) from e
         header = _av_header_frames(container, stream, rate)
         limit = _limit(max_duration, rate)
         sink = _MonoSink(rate, sample_rate, min((x for x in (limit, header) if x), default=0))

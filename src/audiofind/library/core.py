@@ -232,8 +232,11 @@ class Library:
         before goes through the model. Records under `roots` whose files are gone are removed; records
         elsewhere are kept. `workers` decoding processes (0 = decode in this process; None = half the
         cores) feed the model, which runs here in batches of `batch_size`. `max_duration` caps the seconds
-        decoded per file. `progress` is a tqdm bar on stderr (True), nothing (False), or a callback
-        receiving dicts.
+        decoded per file (None: `audio.MAX_DECODE_SECONDS`, and a file cut there is listed in the report's
+        `truncated`; `math.inf`: no cap). Unreadable folders keep their records, files that fail for the
+        environment's sake (permissions, I/O) are retried next run, and a decoder process that dies costs
+        only the file that killed it. `progress` is a tqdm bar on stderr (True), nothing (False), or a
+        callback receiving dicts.
         """
         start = time.monotonic()
         workers = default_workers() if workers is None else workers

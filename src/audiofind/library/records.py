@@ -102,6 +102,7 @@ class UpdateReport:
     removed: int = 0
     embedded: int = 0  # files that went through the model (the rest re-used a stored vector)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (display path, reason)
+    truncated: list[tuple[str, str]] = field(default_factory=list)  # (display path, what was left out)
     audio_seconds: float = 0.0  # audio embedded in this run
     wall_seconds: float = 0.0
 
@@ -112,5 +113,6 @@ class UpdateReport:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
+        d["truncated"] = [{"path": p, "reason": r} for p, r in self.truncated]
         d["realtime_factor"] = round(self.realtime_factor, 2)
         return d

@@ -9,10 +9,10 @@ so a crash loses at most a few seconds of work.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
-import stat
 import sys
 import threading
 import time
@@ -22,17 +22,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..audio import AUDIO_EXTENSIONS
+from ..audio import AUDIO_EXTENSIONS, special_file_kind
 from ..paths import display_path
 from .metadata import build_text_record
 from .records import Progress, UpdateReport
 from .store import UPSERT, KnownFile, Writer, prefix_range, tags_json, vector_blob
 from .workers import (
+    MIN_CLIP_SECONDS,
+    Failure,
     bounded_map,
     decode_file,
+    estimate_seconds,
     hash_file,
     limit_model_threads,
-    process_pool,
+    resilient_map,
     restore_model_threads,
 )
 
@@ -40,6 +43,10 @@ if TYPE_CHECKING:
     from ..models import EmbeddingModel
 
 BATCH_AUDIO_SECONDS = 600.0  # flush a model batch early once it holds this much audio
+# failure reasons that describe the environment, not the bytes (indexes before transient failures were
+# kept out of `failures` stored them): such rows are retried rather than trusted
+_ENVIRONMENT_REASONS = ("Permission denied", "Input/output error", "cannot read:", "file vanished",
+                        "Stale file handle", "Transport endpoint is not connected", "file not found")
 
 
 class Updater:
@@ -62,15 +69,32 @@ class Updater:
         """Bring the rows under `abs_roots` in line with the files there; returns the commits made."""
         self.roots = list(abs_roots)
         listing = scan_roots(abs_roots, report)
+        # what could not be listed this time (permissions, a flaky share) keeps its rows: absence unproven
+        unreadable = [os.fsencode(p) for p in getattr(listing, "unreadable", ())]
+
+        def unlisted(path_b: bytes) -> bool:
+            return any(path_b == u or path_b.startswith(u.rstrip(b"/") + b"/") for u in unreadable)
         with self.lock:
             known = {p: KnownFile(*rest) for p, *rest in self._rows_under(
                 abs_roots, "SELECT path_bytes, id, size, mtime_ns, content_hash, text IS NOT NULL "
                            "FROM files")}
             failed = {p: rest for p, *rest in self._rows_under(
-                abs_roots, "SELECT path_bytes, size, mtime_ns, reason FROM failures")}
+                abs_roots, "SELECT path_bytes, size, mtime_ns, reason FROM failures")
+                if not rest[2].startswith(_ENVIRONMENT_REASONS)}  # older indexes stored these: retry them
+            too_short = self._rows_under(abs_roots, "SELECT path_bytes, id, size, mtime_ns, duration "
+                                                    f"FROM files WHERE duration < {MIN_CLIP_SECONDS!r} AND")
         bar = ProgressBar(progress, total=len(listing))
         writer = Writer(self.conn, self.lock)
         try:
+            for path_b, clip_id, size, mtime_ns, duration in too_short:  # indexed before they were refused
+                reason = f"too short to tell what it is: {duration:.3f} s (under {MIN_CLIP_SECONDS:g} s)"
+                writer.add("DELETE FROM files WHERE id = ?", (clip_id,))
+                writer.add("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)",
+                           (path_b, size, mtime_ns, reason))
+                known.pop(path_b, None)
+                failed[path_b] = [size, mtime_ns, reason]
+                report.removed += 1
+            writer.flush()
             to_hash = []
             for path_b, (size, mtime_ns) in listing.items():
                 rec = known.get(path_b)
@@ -84,10 +108,15 @@ class Updater:
                     to_hash.append(path_b)
             bar.advance(len(listing) - len(to_hash), report)
             for path_b in failed.keys() - listing.keys():
-                writer.add("DELETE FROM failures WHERE path_bytes = ?", (path_b,))
+                if not unlisted(path_b):
+                    writer.add("DELETE FROM failures WHERE path_bytes = ?", (path_b,))
             orphans: dict[str, list[tuple[bytes, KnownFile]]] = {}
             for path_b, rec in known.items():
-                if path_b not in listing:
+                if path_b in listing:
+                    continue
+                if unlisted(path_b):
+                    report.unchanged += 1  # kept as it was: its folder could not be listed this time
+                else:
                     orphans.setdefault(rec.content_hash, []).append((path_b, rec))
             to_embed = self._resolve_changed(to_hash, known, orphans, writer, report, bar, workers)
             for entries in orphans.values():
@@ -103,15 +132,17 @@ class Updater:
         return writer.commits
 
     def _rows_under(self, roots: Sequence[str], select: str) -> list[list[Any]]:
-        """Rows of `select` (whose first column is path_bytes, returned as bytes) for paths under `roots`."""
+        """Rows of `select` (whose first column is path_bytes, returned as bytes) for paths under `roots`;
+        a `select` ending in AND has its own conditions."""
+        where = select if select.endswith(" AND") else f"{select} WHERE"
         out: dict[bytes, list[Any]] = {}
         for root in roots:
             if os.path.isdir(root):
                 lo, hi = prefix_range(os.fsencode(root.rstrip(os.sep) + os.sep))
-                rows = self.conn.execute(f"{select} WHERE path_bytes >= ? AND (? IS NULL OR path_bytes < ?)",
+                rows = self.conn.execute(f"{where} path_bytes >= ? AND (? IS NULL OR path_bytes < ?)",
                                           (lo, hi, hi))
             else:
-                rows = self.conn.execute(f"{select} WHERE path_bytes = ?", (os.fsencode(root),))
+                rows = self.conn.execute(f"{where} path_bytes = ?", (os.fsencode(root),))
             for path_b, *rest in rows:
                 out[bytes(path_b)] = [bytes(path_b), *rest]
         return list(out.values())
@@ -167,11 +198,13 @@ class Updater:
                             self.text(path_b)))
         return True
 
-    def _skip(self, path_b: bytes, reason: str, rec: KnownFile | None, writer: Writer,
+    def _skip(self, path_b: bytes, reason: str | Failure, rec: KnownFile | None, writer: Writer,
               report: UpdateReport) -> None:
-        """Report a file that could not be read; a stale record for it no longer describes the file."""
-        report.skipped.append((display_path(path_b), reason))
-        if rec is not None:
+        """Report a file that could not be read; a stale record for it no longer describes the file, unless
+        the failure was transient (permissions, I/O): then the record stays until a run can read the file."""
+        transient = isinstance(reason, Failure) and reason.transient
+        report.skipped.append((display_path(path_b), str(getattr(reason, "reason", reason))))
+        if rec is not None and not transient:
             writer.add("DELETE FROM files WHERE id = ?", (rec.id,))
             report.removed += 1
 
@@ -190,21 +223,32 @@ class Updater:
 
         tasks = [(os.fsdecode(p), model.sample_rate, max_duration) for p, _ in to_embed]
         stats = dict(to_embed)
-        pool = process_pool(workers) if workers > 0 and len(tasks) > 2 * workers else None
-        threads = limit_model_threads(busy_cores=workers if pool else 0)
+        parallel = workers > 0 and len(tasks) > 2 * workers
+        window = max(4, 2 * workers + batch_size // 2)
+        threads = limit_model_threads(busy_cores=workers if parallel else 0)
+        results = None
         try:
-            for task, (ok, result) in bounded_map(
-                    decode_file, tasks, pool, window=max(4, 2 * workers + batch_size // 2)):
+            # in worker processes: restarted when one dies, audio in flight bounded by seconds, not files
+            results = resilient_map(decode_file, tasks, workers, window,
+                                    weigh=lambda t: estimate_seconds(t[0], t[2])) \
+                if parallel else bounded_map(decode_file, tasks, None, window)
+            for task, (ok, result) in results:
                 path_b = os.fsencode(task[0])
-                wave, info, permanent = result if ok else (None, result, False)
-                if wave is None:
-                    self._skip(path_b, info, known.get(path_b), writer, report)
-                    if permanent:
+                if ok:
+                    wave, info, extra = result
+                    failure = None if wave is not None else Failure(info, transient=not extra)
+                else:
+                    wave, failure = None, result
+                if failure is not None:
+                    self._skip(path_b, failure, known.get(path_b), writer, report)
+                    if not failure.transient:
                         size, mtime_ns, _ = stats[path_b]
                         writer.add("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)",
-                                   (path_b, size, mtime_ns, info))
+                                   (path_b, size, mtime_ns, failure.reason))
                     bar.advance(1, report)
                     continue
+                if extra:  # decoded only up to the per-file cap
+                    report.truncated.append((display_path(path_b), extra))
                 batch.append((path_b, stats[path_b], wave, info))
                 if len(batch) >= batch_size or \
                         sum(len(b[2]) for b in batch) >= BATCH_AUDIO_SECONDS * model.sample_rate:
@@ -212,8 +256,8 @@ class Updater:
             flush()
         finally:
             restore_model_threads(threads)
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
+            if results is not None:
+                results.close()  # a generator: closing it shuts the decoding processes down
 
     def _write_embedded(self, batch: list[tuple[bytes, tuple, np.ndarray, tuple]],
                         known: dict[bytes, KnownFile], model: EmbeddingModel, writer: Writer,
@@ -246,20 +290,73 @@ class Updater:
     # ------------------------------------------------------------ the FAISS side
 
 
-def scan_roots(roots: Sequence[str], report: UpdateReport) -> dict[bytes, tuple[int, int]]:
-    """Every audio file under `roots` -> (size, mtime_ns); symlinked folders are not followed."""
-    found: dict[bytes, tuple[int, int]] = {}
+class Listing(dict):
+    """path bytes -> (size, mtime_ns), plus the folders and files that could not be read this time."""
 
-    def visit(path: str) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.unreadable: list[str] = []
+
+
+_GONE = (errno.ENOENT, errno.ENOTDIR)  # vanished between listing and looking: really gone
+
+
+def scan_roots(roots: Sequence[str], report: UpdateReport) -> Listing:
+    """Every audio file under `roots` -> (size, mtime_ns).
+
+    Symlinked folders are followed, each real folder once (a link back up, or a second link to a folder
+    already walked, is skipped with a reason). Special files (FIFOs, sockets, devices) with an audio
+    name are skipped with a reason and never opened. A folder or file that cannot be read for a reason
+    other than being gone is reported and listed in `unreadable`, so its stored rows are kept.
+    """
+    found = Listing()
+    seen: dict[tuple[int, int], str] = {}
+
+    def problem(path: str, err: OSError, what: str) -> None:
+        if err.errno in _GONE:
+            return
+        found.unreadable.append(path)
+        why = f"cannot {what}: {err.strerror or err}; its records are kept"
+        report.skipped.append((display_path(path), why))
+
+    def visit(path: str, entry: os.DirEntry | None = None) -> None:
         try:
-            st = os.stat(path)
-        except OSError:
-            return  # vanished or a dangling link: treated as gone
-        if stat.S_ISREG(st.st_mode):
+            st = entry.stat() if entry is not None else os.stat(path)
+        except OSError as e:
+            problem(path, e, "read file")
+            return
+        kind = special_file_kind(st.st_mode)
+        if kind is None:
             found[os.fsencode(path)] = (st.st_size, st.st_mtime_ns)
+        else:
+            report.skipped.append((display_path(path), f"not a regular file: {kind}"))
 
-    def on_error(err: OSError) -> None:
-        report.skipped.append((display_path(err.filename or "?"), f"cannot list folder: {err.strerror}"))
+    def walk(folder: str) -> None:
+        try:
+            st = os.stat(folder)
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                report.skipped.append((display_path(folder), f"symlinked folder not followed: it leads to "
+                                                              f"{display_path(seen[key])}, already indexed"))
+                return
+            seen[key] = folder
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            problem(folder, e, "list folder")
+            return
+        subfolders = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # follows links
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subfolders.append(entry.path)
+            elif os.path.splitext(entry.name)[1].lower() in AUDIO_EXTENSIONS:
+                visit(entry.path, entry)
+        for sub in subfolders:
+            walk(sub)
 
     for root in roots:
         if not os.path.isdir(root):
@@ -268,11 +365,7 @@ def scan_roots(roots: Sequence[str], report: UpdateReport) -> dict[bytes, tuple[
             else:
                 report.skipped.append((display_path(root), "not an audio file extension"))
             continue
-        for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
-            dirnames.sort()
-            for name in sorted(filenames):
-                if os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS:
-                    visit(os.path.join(dirpath, name))
+        walk(root)
     return found
 
 
