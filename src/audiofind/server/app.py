@@ -96,6 +96,7 @@ def create_app(
     library: Library | None = None,
     warm_up: bool = True,
     on_ready: Callable[[], None] | None = None,
+    device: str = "cpu",
 ) -> FastAPI:
     """The audiofind web app over the index in `index_dir` (or an already open `library`).
 
@@ -104,11 +105,12 @@ def create_app(
     loopback names when there is no token (a guard against DNS rebinding) and any host with one; ["*"]
     accepts any. `cors_origins`: origins allowed to call the API from other pages (none by default).
     `warm_up` loads the model at startup, so the first search is not the slow one; `on_ready` runs after.
+    `device`: where the model runs when it is loaded here ("cpu", "cuda", "mps").
     """
     limits = limits or Limits()
     own_library = library is None
     if library is None:
-        library = Library.open(index_dir, model=model)
+        library = Library.open(index_dir, model=model, device=device)
     service = LibraryService(library, limits)
     if allowed_hosts is None and token is None:
         allowed_hosts = sorted(LOOPBACK_NAMES)
