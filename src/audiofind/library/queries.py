@@ -13,7 +13,7 @@ import numbers
 import os
 from typing import Any
 
-MAX_ID = 2**63 - 1  # SQLite integers are signed 64-bit; a larger id can name no clip
+MAX_ID = 2**53 - 1  # the largest clip id JSON numbers (and the page's JavaScript) carry exactly
 # "has a character str.strip() keeps": Python's whitespace is Unicode White_Space plus \x1c-\x1f
 QUERY_PATTERN = r"[^\s\x1c-\x1f]"
 PATH_PREFIX_PATTERN = r"^/[^\x00]*$"
