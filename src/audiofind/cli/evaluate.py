@@ -132,8 +132,9 @@ def evaluate(
             raise UsageError("give --clotho-root DIR (to score a model) or --scores FILE --annotations FILE")
         from ..research.data import load_clotho
 
+        dev = resolve_device(device)
         clips = load_clotho(clotho_root, split)
-        loaded = _load_model(model or "default", resolve_device(device))
+        loaded = _load_model(model or "default", dev)
         sections = ev.evaluate_model(loaded, clips, annotations, batch_size=batch_size, progress=not quiet)
         typer.echo(json.dumps(sections) if as_json else _format_table(sections))
 
