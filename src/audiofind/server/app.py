@@ -295,15 +295,17 @@ def _install_routes(app: FastAPI, service: LibraryService, limits: Limits, token
              responses=error_responses(400, 422))
     async def search(
         q: str = Query(
-            ..., min_length=1, max_length=limits.max_query_chars, pattern=QUERY_PATTERN,
-            description="what it sounds like (not blank)",
+            ..., min_length=1, max_length=limits.max_query_chars,
+            json_schema_extra={"pattern": QUERY_PATTERN},  # checked below, answered with a 400
+            description="what it sounds like; a blank query is a 400",
         ),
         k: int = Query(limits.default_k, ge=1, le=limits.max_k),
         min_duration: float | None = Query(
             None, ge=0, description="seconds; at most max_duration (or 400)"),
         max_duration: float | None = Query(None, ge=0, description="seconds; at least min_duration"),
-        path_prefix: str | None = Query(None, max_length=MAX_PATH_PREFIX_CHARS, pattern=PATH_PREFIX_PATTERN,
-                                        description="an absolute folder, as listed by /api/folders"),
+        path_prefix: str | None = Query(None, max_length=MAX_PATH_PREFIX_CHARS,
+                                        json_schema_extra={"pattern": PATH_PREFIX_PATTERN},
+                                        description="an absolute folder, as listed by /api/folders (or 400)"),
         mode: Literal["hybrid", "audio", "text"] = Query(
             "hybrid", description="hybrid: by sound and by name/metadata words; audio: sound; text: words"
         ),
