@@ -194,8 +194,8 @@ def _summary(report: UpdateReport, stats: dict[str, Any]) -> str:
         f"{r.removed} removed, {len(r.skipped)} skipped",
         f"embedded {r.embedded} files ({r.audio_seconds / 3600:.3f} audio hours) in {r.wall_seconds:.1f} s, "
         f"{r.realtime_factor:.1f}x real time",
-        f"index {stats['index_dir']}: {stats['clips']} clips, {stats['audio_hours']:.2f} hours, "
-        f"model {stats['model_id']}",
+        f"index {terminal_text(stats['index_dir'])}: {stats['clips']} clips, "
+        f"{stats['audio_hours']:.2f} hours, model {stats['model_id']}",
     ]
     return "\n".join(lines)
 
