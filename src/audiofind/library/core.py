@@ -6,7 +6,9 @@ Layout of an index folder:
                    re-runs skip them until they change) and `roots` (the paths given to `update`)
   vectors.faiss    a search index rebuilt from SQLite whenever its recorded generation is stale
 
-The SQLite side is in `store`, the incremental update in `updater`, the FAISS side in `searcher`.
+The SQLite side is in `store`, the incremental update in `updater`, the FAISS side in `searcher`, the rules
+a search must meet in `queries`. It is longer than 400 lines because it is the whole facade (opening,
+indexing, every search entry point, inspection); the work itself lives in those modules.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .activity import UpdateActivity
 from .collections import Collections
 from .hybrid import HybridSearch, TextSearcher
 from .names import fill_name_vectors
-from .queries import check_filters, check_k, check_query
+from .queries import check_search
 from .records import ClipRecord, IndexNotFoundError, ModelMismatchError, Progress, SearchResult, UpdateReport
 from .searcher import VectorSearcher
 from .store import (
@@ -100,8 +102,8 @@ class Library:
         `model` may be a loaded EmbeddingModel or a name/checkpoint for `load_model`; either must match the
         model the index was built with, unless `rebuild` empties the index first (the next `update`
         re-embeds everything, e.g. after the default model changed). `index_kind` is "auto" (exact
-        below vector_index.APPROX_THRESHOLD clips, IVF above), "flat", "ivf" or "hnsw". `device` is where a
-        model loaded by name runs: "cpu", "cuda" or "mps" (the CLI's `--device auto` picks one).
+        below vector_index.APPROX_THRESHOLD clips, IVF above), "flat", "ivf" or "hnsw". `device`: "cpu",
+        "cuda" or "mps", where a model loaded by name runs.
         """
         if index_kind not in ("auto", "flat", "ivf", "hnsw"):
             raise ValueError(f"index_kind must be auto, flat, ivf or hnsw, got {index_kind!r}")
@@ -296,9 +298,7 @@ class Library:
             raise TypeError("search_many takes a list of queries; use search() for one")
         if not queries:
             return []
-        texts = [check_query(q) for q in queries]
-        check_k(k)
-        filters = check_filters(**filters)
+        texts, filters = check_search(queries, k, filters)
         model = self.model
         if mode != "audio" and getattr(model, "text_encoder", None) is self.sentences:
             sentences = self.sentences.encode(texts)  # one encoder pass serves both sides
@@ -309,9 +309,7 @@ class Library:
     def search_encoded(self, queries: Sequence[str], vectors: np.ndarray, k: int = 10, mode: str = "hybrid",
                        sentences: np.ndarray | None = None, **filters: Any) -> list[list[SearchResult]]:
         """`search_many` with the query vectors already computed (the server batches them)."""
-        queries = [check_query(q) for q in queries]
-        check_k(k)
-        filters = check_filters(**filters)
+        queries, filters = check_search(queries, k, filters)
         with self._lock:
             if self._hybrid is None:
                 self._hybrid = HybridSearch(self._vectors, TextSearcher(self._conn, self._lock), self._names,
@@ -322,8 +320,7 @@ class Library:
 
     def search_vector(self, vector: np.ndarray, k: int = 10, **filters: Any) -> list[SearchResult]:
         """Search with a vector from the index's own space (e.g. an embedded clip)."""
-        check_k(k)
-        filters = check_filters(**filters)
+        filters = check_search((), k, filters)[1]
         return self._vectors.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k, **filters)[0]
 
     def find(self, path: str | os.PathLike[str]) -> ClipRecord | None:
@@ -335,8 +332,7 @@ class Library:
 
     def similar(self, clip: int | str | os.PathLike[str], k: int = 10, **filters: Any) -> list[SearchResult]:
         """Clips that sound like `clip`: an indexed id/path (stored vector, itself excluded) or any file."""
-        check_k(k)
-        filters = check_filters(**filters)
+        filters = check_search((), k, filters)[1]
         exclude: set[int] = set()
         if isinstance(clip, (int, np.integer)):
             rec = self.clip(int(clip))
@@ -409,7 +405,6 @@ def _load_model(name: str | None, device: str = "cpu") -> EmbeddingModel:
     return load_model(name, device=device)
 
 
-def _model_on(name: str | None, device: str) -> EmbeddingModel:
-    """`_load_model`, with the name alone for the CPU (tests swap in one-argument stand-ins)."""
+def _model_on(name: str | None, device: str) -> EmbeddingModel:  # tests swap in one-argument stand-ins
     return _load_model(name) if device == "cpu" else _load_model(name, device)
 

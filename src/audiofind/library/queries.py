@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from collections.abc import Sequence
 from typing import Any
 
 MAX_ID = 2**53 - 1  # the largest clip id JSON numbers (and the page's JavaScript) carry exactly
@@ -30,8 +31,6 @@ def check_query(query: str) -> str:
     text = query.strip()
     if not text:
         raise QueryError("the query is empty: describe the sound, e.g. 'door slams'")
-    if "\x00" in text:
-        raise QueryError("the query contains a NUL character")
     return text
 
 
@@ -60,3 +59,10 @@ def check_filters(min_duration: float | None = None, max_duration: float | None 
     if path_prefix is not None and "\x00" in os.fsdecode(path_prefix):
         raise QueryError("path_prefix contains a NUL character")
     return {"min_duration": min_duration, "max_duration": max_duration, "path_prefix": path_prefix, **others}
+
+
+def check_search(queries: Sequence[str], k: int, filters: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """(stripped queries, checked filters) for a search of `k` results; the first broken rule raises."""
+    texts = [check_query(q) for q in queries]
+    check_k(k)
+    return texts, check_filters(**filters)

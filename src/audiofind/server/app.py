@@ -200,6 +200,10 @@ def _install_error_handlers(app: FastAPI) -> None:
             headers={"Connection": "close"},
         )
 
+    @app.exception_handler(QueryError)
+    async def _query_error(_: Request, exc: QueryError) -> JSONResponse:
+        return error_response(400, str(exc))  # the library's own rules, should a request slip past a route
+
     @app.exception_handler(LibraryError)
     async def _library_error(_: Request, exc: LibraryError) -> JSONResponse:
         return error_response(503, "the index is not available", str(exc))
