@@ -25,7 +25,7 @@ from .paths import printable_path
 
 SAMPLE_RATE = 32_000
 
-# Suffixes the library indexer picks up: libsndfile reads the first two groups, PyAV (optional) the rest.
+# Suffixes the library indexer picks up: libsndfile reads the first two groups, PyAV (FFmpeg) the rest.
 _PCM_SUFFIXES = (".wav", ".wave", ".w64", ".rf64", ".aif", ".aiff", ".aifc", ".caf", ".au", ".snd")
 _CODEC_SUFFIXES = (".flac", ".ogg", ".oga", ".opus", ".mp3")
 _FFMPEG_SUFFIXES = (".m4a", ".m4b", ".aac", ".mp4", ".wv", ".mka", ".wma")
@@ -332,13 +332,18 @@ def _sf_load(
 
 
 def _import_av(path: PathLike, why: str) -> Any:
-    """PyAV is an optional extra; explain how to get it when a file needs it."""
+    """PyAV (a default dependency) decodes what libsndfile cannot; if it is missing, say so only for the
+    formats that need it, so a file that is simply not audio is not blamed on the install."""
     try:
         import av
     except ImportError as e:
-        raise AudioDecodeError(
-            path, f"libsndfile cannot read it ({why}) and PyAV is not installed: pip install 'audiofind[av]'"
-        ) from e
+        suffix = os.path.splitext(os.fsdecode(path))[1].lower()
+        if suffix in _FFMPEG_SUFFIXES:
+            reason = f"libsndfile cannot read {suffix} files and PyAV is missing from this install: " \
+                "pip install av"
+        else:
+            reason = f"not audio libsndfile can read ({why})"
+        raise AudioDecodeError(path, reason) from e
     return av
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import typer
 
 from ..research import evaluation as ev
+from .options import DEVICE_HELP, DEVICE_METAVAR, resolve_device
 
 _MODEL_HELP = "'default' (zero-shot) or a checkpoint written by `audiofind train`"
 _QUIET_HELP = "Do not show progress bars."
@@ -35,11 +36,20 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def _load_model(name: str) -> Any:
+def _load_model(name: str, device: str = "cpu") -> Any:
     """Load a model lazily, so `evaluate --scores` never imports torch."""
     from ..models import load_model
 
-    return load_model(name)
+    return load_model(name, device=device)
+
+
+def _model_on(name: str, device: str) -> Any:
+    """`_load_model`, with the name alone for the CPU (tests swap in one-argument stand-ins)."""
+    return _load_model(name) if device == "cpu" else _load_model(name, device)
+
+
+def _device_option() -> Any:
+    return typer.Option("auto", "--device", metavar=DEVICE_METAVAR, help=DEVICE_HELP)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +119,7 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Clips per audio batch."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
+    device: str = _device_option(),
 ) -> None:
     """Score a model on Clotho (single- and multi-positive protocols) or a score file against annotations."""
     with _errors():
@@ -126,8 +137,9 @@ def evaluate(
             raise UsageError("give --clotho-root DIR (to score a model) or --scores FILE --annotations FILE")
         from ..research.data import load_clotho
 
+        dev = resolve_device(device)
         clips = load_clotho(clotho_root, split)
-        loaded = _load_model(model or "default")
+        loaded = _model_on(model or "default", dev)
         sections = ev.evaluate_model(loaded, clips, annotations, batch_size=batch_size, progress=not quiet)
         typer.echo(json.dumps(sections) if as_json else _format_table(sections))
 
@@ -154,11 +166,13 @@ def predict(
     ),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Clips per audio batch."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
+    device: str = _device_option(),
 ) -> None:
     """Write the challenge score file (one row per query, one column per candidate) and a top-k ranking."""
     with _errors():
+        dev = resolve_device(device)
         captions, clips, names = _query_source(clotho_root, split, queries, audio_dir, annotations)
-        loaded = _load_model(model)
+        loaded = _model_on(model, dev)
         scores = ev.similarity_matrix(loaded, captions, clips, batch_size=batch_size, progress=not quiet)
         _write_outputs(out, ranking, top_k, captions, names, scores)
 
@@ -186,6 +200,7 @@ def ensemble(
     ranking: Path | None = typer.Option(None, "--ranking", help="Also write the combined top-k ranking."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Clips per audio batch."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
+    device: str = _device_option(),
 ) -> None:
     """Fuse several score files, or several models' similarities, into one score file."""
     with _errors():
@@ -199,9 +214,10 @@ def ensemble(
             matrices = ev.align_score_tables(tables)
             captions, names = tables[0].captions, tables[0].file_names
         else:
+            dev = resolve_device(device)
             captions, clips, names = _query_source(clotho_root, split, queries, audio_dir, annotations)
             matrices = [
-                ev.similarity_matrix(_load_model(m), captions, clips, batch_size, progress=not quiet)
+                ev.similarity_matrix(_model_on(m, dev), captions, clips, batch_size, progress=not quiet)
                 for m in [*models, *extra]
             ]
         if len(matrices) < 2:

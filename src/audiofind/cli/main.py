@@ -18,23 +18,28 @@ from typing import Annotated, Any
 
 import typer
 
+from .. import __version__
 from ..library import Library, LibraryError, SearchResult, UpdateReport
 from ..library.fusion import MODES, is_weak
-from ..paths import display_path
+from ..library.queries import QueryError, check_filters, check_query
+from ..paths import display_path, terminal_text
+from .options import DeviceOpt, default_index_help, resolve_device
 
 app = typer.Typer(
     name="audiofind",
-    help="Find sounds by describing them: index your sound folders, then search by text or by example.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: flags without a value placeholder, nothing cut off
 )
 
 QUERY_BATCH = 64  # queries per text-encoder batch for --queries
 
+
 IndexOpt = Annotated[
     Path | None,
-    typer.Option("--index", help="Index folder (default: $AUDIOFIND_INDEX, else the per-user data folder)."),
+    typer.Option("--index", help=f"Index folder (default: $AUDIOFIND_INDEX, else {default_index_help()}).",
+                 show_default=False),
 ]
 TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many results.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
@@ -64,9 +69,28 @@ class UsageError(Exception):
     """Wrong arguments: reported with exit status 2."""
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"audiofind {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Find sounds by describing them: index your sound folders, then search by text or by example.
+
+    Pretrained model files are looked up in $AUDIOFIND_ASSETS (folders, separated by ':'), then the user
+    cache, then downloaded; put `export AUDIOFIND_ASSETS=/path/to/assets` in your shell profile (~/.bashrc)
+    so new shells find them. $AUDIOFIND_INDEX sets the default index folder.
+    """
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one line on stderr and return the Exit to raise."""
-    typer.echo(f"audiofind: {message}", err=True)
+    typer.echo(f"audiofind: {terminal_text(message)}", err=True)
     return typer.Exit(code)
 
 
@@ -75,7 +99,7 @@ def errors() -> Iterator[None]:
     """Turn the failures a user can cause into one line on stderr, instead of a traceback."""
     try:
         yield
-    except UsageError as e:
+    except (UsageError, QueryError) as e:
         raise fail(str(e), 2) from None
     except (LibraryError, FileNotFoundError, ValueError) as e:  # AudioDecodeError is a ValueError
         raise fail(str(e), 1) from None
@@ -85,7 +109,19 @@ def errors() -> Iterator[None]:
 
 def _filters(min_duration: float | None, max_duration: float | None,
              path_prefix: str | None) -> dict[str, Any]:
-    return {"min_duration": min_duration, "max_duration": max_duration, "path_prefix": path_prefix}
+    """The filters, checked by the same rules as the Python API and the server (a bad one: exit 2)."""
+    try:
+        return check_filters(min_duration, max_duration, path_prefix)
+    except QueryError as e:
+        raise fail(str(e).replace("min_duration", "--min-duration").replace("max_duration", "--max-duration")
+                   .replace("path_prefix", "--path-prefix"), 2) from None
+
+
+def _device(device: str) -> str:
+    try:
+        return resolve_device(device)
+    except ValueError as e:
+        raise fail(str(e), 2) from None
 
 
 def _print_json(obj: Any) -> None:
@@ -113,7 +149,8 @@ def print_results(results: list[SearchResult]) -> None:
     typer.echo(f"{'rank':>4}  {'score':>6}  {'dur(s)':>7}  {'tags':<40}  path")
     for rank, r in enumerate(results, 1):
         tags_col = _tags_text(r.tags)
-        typer.echo(f"{rank:>4}  {r.score:>6.3f}  {r.duration:>7.2f}  {tags_col:<40}  {r.display_path}")
+        typer.echo(f"{rank:>4}  {r.score:>6.3f}  {r.duration:>7.2f}  {tags_col:<40}  "
+                   f"{terminal_text(r.display_path)}")
 
 
 def print_matches(results: list[SearchResult], weak: str | None = None) -> None:
@@ -126,7 +163,8 @@ def print_matches(results: list[SearchResult], weak: str | None = None) -> None:
     typer.echo(f"{'rank':>4}  {'match':>5}  {'dur(s)':>7}  {'why':<40}  path")
     for rank, r in enumerate(results, 1):
         why = _why_text(r)
-        typer.echo(f"{rank:>4}  {r.match or 0:>5.2f}  {r.duration:>7.2f}  {why:<40}  {r.display_path}")
+        typer.echo(f"{rank:>4}  {r.match or 0:>5.2f}  {r.duration:>7.2f}  {terminal_text(why):<40}  "
+                   f"{terminal_text(r.display_path)}")
 
 
 def weak_match_note(found: list[SearchResult]) -> str | None:
@@ -156,8 +194,8 @@ def _summary(report: UpdateReport, stats: dict[str, Any]) -> str:
         f"{r.removed} removed, {len(r.skipped)} skipped",
         f"embedded {r.embedded} files ({r.audio_seconds / 3600:.3f} audio hours) in {r.wall_seconds:.1f} s, "
         f"{r.realtime_factor:.1f}x real time",
-        f"index {stats['index_dir']}: {stats['clips']} clips, {stats['audio_hours']:.2f} hours, "
-        f"model {stats['model_id']}",
+        f"index {terminal_text(stats['index_dir'])}: {stats['clips']} clips, "
+        f"{stats['audio_hours']:.2f} hours, model {stats['model_id']}",
     ]
     return "\n".join(lines)
 
@@ -176,12 +214,14 @@ def index_cmd(
         bool, typer.Option("--rebuild", help="Forget all clips and re-embed PATHS (after a model change).")
     ] = False,
     json_out: JsonOpt = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Add new and changed audio files under PATHS to the index; drop the ones that are gone."""
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
-        raise fail(f"no such file or folder: {', '.join(display_path(p) for p in missing)}", 2)
-    with errors(), Library.open(index, model=model, create=True, rebuild=rebuild) as lib:
+        raise fail(f"no such file or folder: {', '.join(terminal_text(display_path(p)) for p in missing)}", 2)
+    dev = _device(device)
+    with errors(), Library.open(index, model=model, create=True, rebuild=rebuild, device=dev) as lib:
         report = lib.update(paths, workers=workers, progress=not quiet)
         stats = lib.stats()
     if json_out:
@@ -189,7 +229,7 @@ def index_cmd(
     else:
         typer.echo(_summary(report, stats))
     for path, reason in report.skipped:
-        typer.echo(f"skipped {path}: {reason}", err=True)
+        typer.echo(f"skipped {terminal_text(path)}: {terminal_text(reason)}", err=True)
 
 
 @app.command()
@@ -208,6 +248,7 @@ def search(
     min_duration: MinDurOpt = None,
     max_duration: MaxDurOpt = None,
     path_prefix: PrefixOpt = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Search the index by description. --json: a list of results (with --queries: one JSON line per
     query, with "no_good_match"); a weak best match is reported as "nothing in this library matches well"."""
@@ -217,8 +258,10 @@ def search(
             raise UsageError("give either a QUERY or --queries FILE")
         if mode not in MODES:
             raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
-        texts = [query] if query is not None else _read_queries(queries)
-        with Library.open(index) as lib:
+        texts = [check_query(query)] if query is not None else _read_queries(queries)
+        if not texts:
+            raise UsageError(f"{queries} holds no queries (blank lines are skipped)")
+        with Library.open(index, device=_device(device)) as lib:
             for start in range(0, len(texts), QUERY_BATCH):
                 batch = texts[start:start + QUERY_BATCH]
                 for text, found in zip(batch, lib.search_many(batch, top_k, mode, **filters), strict=True):
@@ -232,7 +275,7 @@ def search(
                                      "results": [r.to_dict() for r in results]})
                     else:
                         if query is None:
-                            typer.echo(f"\nquery: {text}")
+                            typer.echo(f"\nquery: {terminal_text(text)}")
                         print_matches(results, weak)
 
 
@@ -255,12 +298,14 @@ def similar(
     min_duration: MinDurOpt = None,
     max_duration: MaxDurOpt = None,
     path_prefix: PrefixOpt = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Find clips that sound like FILE (FILE itself is left out)."""
     if not os.path.exists(file):
-        raise fail(f"no such file: {display_path(file)}", 2)
-    with errors(), Library.open(index) as lib:
-        results = lib.similar(file, top_k, **_filters(min_duration, max_duration, path_prefix))
+        raise fail(f"no such file: {terminal_text(display_path(file))}", 2)
+    filters = _filters(min_duration, max_duration, path_prefix)
+    with errors(), Library.open(index, device=_device(device)) as lib:
+        results = lib.similar(file, top_k, **filters)
     _show_results(results, json_out)
 
 
@@ -273,7 +318,7 @@ def tags(
 ) -> None:
     """Print the AudioSet tags the model hears in FILE, with probabilities (no index needed)."""
     if not os.path.exists(file):
-        raise fail(f"no such file: {display_path(file)}", 2)
+        raise fail(f"no such file: {terminal_text(display_path(file))}", 2)
     with errors():
         from ..audio import SAMPLE_RATE, load_audio
         from ..models import load_model
@@ -314,7 +359,7 @@ def info(
         width = max(map(len, shown))
         for key, value in shown.items():
             text = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
-            typer.echo(f"{key:<{width}}  {text}")
+            typer.echo(f"{key:<{width}}  {terminal_text(str(text))}")
 
 
 def _register_subcommands() -> None:

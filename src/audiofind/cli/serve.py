@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from .options import DeviceOpt, default_index_help, resolve_device
+
 TOKEN_ENV = "AUDIOFIND_TOKEN"
 
 
@@ -19,7 +21,8 @@ def register(app: typer.Typer) -> None:
     def serve(
         index: Annotated[
             Path | None,
-            typer.Option("--index", help="Index folder (default: $AUDIOFIND_INDEX or the user data folder)."),
+            typer.Option("--index", show_default=False,
+                         help=f"Index folder (default: $AUDIOFIND_INDEX, else {default_index_help()})."),
         ] = None,
         host: Annotated[
             str, typer.Option("--host", help="Address to listen on; non-loopback needs --token.")
@@ -61,6 +64,7 @@ def register(app: typer.Typer) -> None:
             ),
         ] = 1,
         log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
+        device: DeviceOpt = "auto",
     ) -> None:
         """Serve the search page and JSON API; prints the URL to open."""
         from ..library import LibraryError, default_index_dir
@@ -70,6 +74,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             check_bind(host, token, no_auth)
+            dev = resolve_device(device)
         except ValueError as e:
             typer.echo(f"audiofind serve: {e}", err=True)
             raise typer.Exit(2) from None
@@ -100,6 +105,7 @@ def register(app: typer.Typer) -> None:
                 allowed_hosts=allowed_hosts,
                 on_ready=ready,
                 limits=Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024)),
+                device=dev,
             )
         except (LibraryError, ValueError) as e:
             typer.echo(f"audiofind serve: {e}", err=True)

@@ -6,7 +6,9 @@ Layout of an index folder:
                    re-runs skip them until they change) and `roots` (the paths given to `update`)
   vectors.faiss    a search index rebuilt from SQLite whenever its recorded generation is stale
 
-The SQLite side is in `store`, the incremental update in `updater`, the FAISS side in `searcher`.
+The SQLite side is in `store`, the incremental update in `updater`, the FAISS side in `searcher`, the rules
+a search must meet in `queries`. It is longer than 400 lines because it is the whole facade (opening,
+indexing, every search entry point, inspection); the work itself lives in those modules.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .activity import UpdateActivity
 from .collections import Collections
 from .hybrid import HybridSearch, TextSearcher
 from .names import fill_name_vectors
+from .queries import check_search
 from .records import ClipRecord, IndexNotFoundError, ModelMismatchError, Progress, SearchResult, UpdateReport
 from .searcher import VectorSearcher
 from .store import (
@@ -63,6 +66,7 @@ class Library:
         self.index_dir = index_dir
         self._conn = conn
         self._model: EmbeddingModel | None = None
+        self._device = "cpu"  # where a model loaded by name runs
         self._lock = threading.RLock()
         self._vectors = VectorSearcher(index_dir, conn, self._lock, index_kind, nprobe, self._dim)
         self._names = VectorSearcher(index_dir, conn, self._lock, index_kind, nprobe,
@@ -91,13 +95,15 @@ class Library:
         index_kind: str = "auto",
         nprobe: int = DEFAULT_NPROBE,
         rebuild: bool = False,
+        device: str = "cpu",
     ) -> Library:
         """Open (with `create`, make) the index in `index_dir`; `model` None loads the index's model lazily.
 
         `model` may be a loaded EmbeddingModel or a name/checkpoint for `load_model`; either must match the
         model the index was built with, unless `rebuild` empties the index first (the next `update`
         re-embeds everything, e.g. after the default model changed). `index_kind` is "auto" (exact
-        below vector_index.APPROX_THRESHOLD clips, IVF above), "flat", "ivf" or "hnsw".
+        below vector_index.APPROX_THRESHOLD clips, IVF above), "flat", "ivf" or "hnsw". `device`: "cpu",
+        "cuda" or "mps", where a model loaded by name runs.
         """
         if index_kind not in ("auto", "flat", "ivf", "hnsw"):
             raise ValueError(f"index_kind must be auto, flat, ivf or hnsw, got {index_kind!r}")
@@ -110,11 +116,12 @@ class Library:
             index_dir.mkdir(parents=True, exist_ok=True)
         conn = connect(db_path)
         lib = cls(index_dir, conn, index_kind, nprobe)
+        lib._device = device
         try:
             name = None
             if isinstance(model, str) or (model is None and rebuild):
                 name = abspath(model) if model and os.path.exists(model) else model
-                model = _load_model(name)
+                model = _model_on(name, device)
             if rebuild:
                 lib._clear()
             if model is not None:
@@ -181,7 +188,7 @@ class Library:
         with self._lock:
             if self._model is None:
                 name = self._meta("model_name") or self._meta("model_id")
-                self._adopt_model(_load_model(name), name)
+                self._adopt_model(_model_on(name, self._device), name)
             assert self._model is not None
             return self._model
     def _clear(self) -> None:
@@ -294,7 +301,8 @@ class Library:
             raise TypeError("search_many takes a list of queries; use search() for one")
         if not queries:
             return []
-        model, texts = self.model, list(queries)
+        texts, filters = check_search(queries, k, filters)
+        model = self.model
         if mode != "audio" and getattr(model, "text_encoder", None) is self.sentences:
             sentences = self.sentences.encode(texts)  # one encoder pass serves both sides
             return self.search_encoded(texts, model.query_vectors(sentences), k, mode, sentences=sentences,
@@ -304,6 +312,7 @@ class Library:
     def search_encoded(self, queries: Sequence[str], vectors: np.ndarray, k: int = 10, mode: str = "hybrid",
                        sentences: np.ndarray | None = None, **filters: Any) -> list[list[SearchResult]]:
         """`search_many` with the query vectors already computed (the server batches them)."""
+        queries, filters = check_search(queries, k, filters)
         with self._lock:
             if self._hybrid is None:
                 self._hybrid = HybridSearch(self._vectors, TextSearcher(self._conn, self._lock), self._names,
@@ -314,6 +323,7 @@ class Library:
 
     def search_vector(self, vector: np.ndarray, k: int = 10, **filters: Any) -> list[SearchResult]:
         """Search with a vector from the index's own space (e.g. an embedded clip)."""
+        filters = check_search((), k, filters)[1]
         return self._vectors.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k, **filters)[0]
 
     def find(self, path: str | os.PathLike[str]) -> ClipRecord | None:
@@ -325,6 +335,7 @@ class Library:
 
     def similar(self, clip: int | str | os.PathLike[str], k: int = 10, **filters: Any) -> list[SearchResult]:
         """Clips that sound like `clip`: an indexed id/path (stored vector, itself excluded) or any file."""
+        filters = check_search((), k, filters)[1]
         exclude: set[int] = set()
         if isinstance(clip, (int, np.integer)):
             rec = self.clip(int(clip))
@@ -391,8 +402,12 @@ class Library:
             }
 
 
-def _load_model(name: str | None) -> EmbeddingModel:
+def _load_model(name: str | None, device: str = "cpu") -> EmbeddingModel:
     from ..models import load_model
 
-    return load_model(name)
+    return load_model(name, device=device)
+
+
+def _model_on(name: str | None, device: str) -> EmbeddingModel:  # tests swap in one-argument stand-ins
+    return _load_model(name) if device == "cpu" else _load_model(name, device)
 

@@ -31,14 +31,27 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
 from .. import __version__
 from ..audio import AUDIO_EXTENSIONS
 from ..library import Library, LibraryError, SearchResult
 from ..library.fusion import is_weak
+from ..library.queries import PATH_PREFIX_PATTERN, QUERY_PATTERN, QueryError, check_filters
 from .errors import ApiError, error_response
 from .routes_workbench import install_workbench_routes
-from .schemas import SIMILAR_OPENAPI, SimilarRequest, clip_links, result_dict
+from .schemas import (
+    COMMON_ERRORS,
+    MAX_PATH_PREFIX_CHARS,
+    SIMILAR_OPENAPI,
+    ClipId,
+    ErrorBody,
+    SimilarRequest,
+    clip_links,
+    error_responses,
+    result_dict,
+    strict_json_fields,
+)
 from .security import LOOPBACK_NAMES, SESSION_COOKIE, BodyTooLarge, Guard, session_cookie_value
 from .service import LibraryService, Limits
 from .streaming import CHUNK_BYTES, audio_response
@@ -96,6 +109,7 @@ def create_app(
     library: Library | None = None,
     warm_up: bool = True,
     on_ready: Callable[[], None] | None = None,
+    device: str = "cpu",
 ) -> FastAPI:
     """The audiofind web app over the index in `index_dir` (or an already open `library`).
 
@@ -104,11 +118,12 @@ def create_app(
     loopback names when there is no token (a guard against DNS rebinding) and any host with one; ["*"]
     accepts any. `cors_origins`: origins allowed to call the API from other pages (none by default).
     `warm_up` loads the model at startup, so the first search is not the slow one; `on_ready` runs after.
+    `device`: where the model runs when it is loaded here ("cpu", "cuda", "mps").
     """
     limits = limits or Limits()
     own_library = library is None
     if library is None:
-        library = Library.open(index_dir, model=model)
+        library = Library.open(index_dir, model=model, device=device)
     service = LibraryService(library, limits)
     if allowed_hosts is None and token is None:
         allowed_hosts = sorted(LOOPBACK_NAMES)
@@ -140,6 +155,7 @@ def create_app(
     _install_error_handlers(app)
     _install_routes(app, service, limits, token)
     install_workbench_routes(app, service)
+    _document_common_errors(app)
     app.add_middleware(
         Guard, token=token, allowed_hosts=allowed_hosts, max_upload_bytes=limits.max_upload_bytes
     )
@@ -164,7 +180,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and exc.detail == "Not Found":
             return error_response(404, "not found", {"path": request.url.path[:200]})
         if exc.status_code == 405:
-            return error_response(405, "method not allowed", {"method": request.method}, exc.headers)
+            allow = ", ".join(_allowed_methods(app, request))
+            return error_response(405, "method not allowed", {"method": request.method}, {"Allow": allow})
         return error_response(exc.status_code, str(exc.detail), None, exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -183,6 +200,10 @@ def _install_error_handlers(app: FastAPI) -> None:
             headers={"Connection": "close"},
         )
 
+    @app.exception_handler(QueryError)
+    async def _query_error(_: Request, exc: QueryError) -> JSONResponse:
+        return error_response(400, str(exc))  # the library's own rules, should a request slip past a route
+
     @app.exception_handler(LibraryError)
     async def _library_error(_: Request, exc: LibraryError) -> JSONResponse:
         return error_response(503, "the index is not available", str(exc))
@@ -192,16 +213,47 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal error", type(exc).__name__)
 
 
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
+def _document_common_errors(app: FastAPI) -> None:
+    """Add what the guard and a vanished index may answer on any /api route to every operation's responses."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            common = {str(code): {"description": entry["description"], "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+                for code, entry in error_responses(*COMMON_ERRORS).items()}
+            for path, ops in schema.get("paths", {}).items():
+                if path.startswith("/api"):
+                    for op in ops.values():
+                        op.setdefault("responses", {}).update(
+                            {c: v for c, v in common.items() if c not in op["responses"]})
+            schema.setdefault("components", {}).setdefault("schemas", {})["ErrorBody"] = \
+                ErrorBody.model_json_schema()
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _filters(
     min_duration: float | None, max_duration: float | None, path_prefix: str | None
 ) -> dict[str, Any]:
-    """Validated keyword filters for the Library; the folder filter takes absolute folders only."""
-    if min_duration is not None and max_duration is not None and min_duration > max_duration:
-        raise ApiError(
-            400,
-            "min_duration is larger than max_duration",
-            {"min_duration": min_duration, "max_duration": max_duration},
-        )
+    """Validated keyword filters for the Library (its rules, `library.queries`); absolute folders only."""
+    try:
+        check_filters(min_duration, max_duration, path_prefix)
+    except QueryError as e:
+        raise ApiError(400, str(e), {"min_duration": min_duration, "max_duration": max_duration}) from None
     out: dict[str, Any] = {"min_duration": min_duration, "max_duration": max_duration}
     if path_prefix:
         if "\x00" in path_prefix or not os.path.isabs(path_prefix):
@@ -243,15 +295,21 @@ def _install_routes(app: FastAPI, service: LibraryService, limits: Limits, token
             raise ApiError(404, "not found", {"path": f"/static/{name}"[:200]})
         return page_file(name)
 
-    @app.get("/api/search", summary="Search clips by a text description")
+    @app.get("/api/search", summary="Search clips by a text description",
+             responses=error_responses(400, 422))
     async def search(
         q: str = Query(
-            ..., min_length=1, max_length=limits.max_query_chars, description="what it sounds like"
+            ..., min_length=1, max_length=limits.max_query_chars,
+            json_schema_extra={"pattern": QUERY_PATTERN},  # checked below, answered with a 400
+            description="what it sounds like; a blank query is a 400",
         ),
         k: int = Query(limits.default_k, ge=1, le=limits.max_k),
-        min_duration: float | None = Query(None, ge=0),
-        max_duration: float | None = Query(None, ge=0),
-        path_prefix: str | None = Query(None, max_length=4096, description="an absolute folder"),
+        min_duration: float | None = Query(
+            None, ge=0, description="seconds; at most max_duration (or 400)"),
+        max_duration: float | None = Query(None, ge=0, description="seconds; at least min_duration"),
+        path_prefix: str | None = Query(None, max_length=MAX_PATH_PREFIX_CHARS,
+                                        json_schema_extra={"pattern": PATH_PREFIX_PATTERN},
+                                        description="an absolute folder, as listed by /api/folders (or 400)"),
         mode: Literal["hybrid", "audio", "text"] = Query(
             "hybrid", description="hybrid: by sound and by name/metadata words; audio: sound; text: words"
         ),
@@ -282,7 +340,10 @@ def _install_routes(app: FastAPI, service: LibraryService, limits: Limits, token
     @app.post(
         "/api/similar",
         summary="Clips that sound like an uploaded clip or an indexed one",
+        description="JSON `{\"id\": N, ...}` for an indexed clip, or multipart/form-data with a `file` "
+        "(an audio file) or an `id`. min_duration larger than max_duration is a 400.",
         openapi_extra=SIMILAR_OPENAPI,
+        responses=error_responses(400, 404, 413, 415, 422),
     )
     async def similar(request: Request) -> dict[str, Any]:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -293,6 +354,10 @@ def _install_routes(app: FastAPI, service: LibraryService, limits: Limits, token
                 raise ApiError(413, "request body too large", {"limit_bytes": limits.max_body_bytes})
             try:
                 fields = json.loads(body)
+            except RecursionError:
+                raise RequestValidationError(
+                    [{"loc": ("body",), "msg": "invalid JSON: nested too deeply", "type": "json_invalid"}]
+                ) from None
             except (ValueError, UnicodeDecodeError) as e:
                 raise RequestValidationError(
                     [{"loc": ("body",), "msg": f"invalid JSON: {e}", "type": "json_invalid"}]
@@ -301,6 +366,9 @@ def _install_routes(app: FastAPI, service: LibraryService, limits: Limits, token
                 raise RequestValidationError(
                     [{"loc": ("body",), "msg": "expected a JSON object", "type": "dict_type"}]
                 )
+            fields, wrong = strict_json_fields(fields)
+            if wrong:
+                raise RequestValidationError(wrong)
         elif ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
             form = await request.form(max_files=1, max_fields=16, max_part_size=64 * 1024)
             fields = {}
@@ -358,8 +426,9 @@ def _install_routes(app: FastAPI, service: LibraryService, limits: Limits, token
             "took_ms": round(1000 * (time.perf_counter() - start), 2),
         }
 
-    @app.get("/api/clips/{clip_id}", summary="One clip's record and tags")
-    async def clip(clip_id: int) -> dict[str, Any]:
+    @app.get("/api/clips/{clip_id}", summary="One clip's record and tags",
+             responses=error_responses(404, 422))
+    async def clip(clip_id: ClipId) -> dict[str, Any]:
         rec = await run_in_threadpool(service.clip, clip_id)
         d = rec.to_dict()
         d.update(clip_links(rec.id, d["path"]))
@@ -370,12 +439,14 @@ def _install_routes(app: FastAPI, service: LibraryService, limits: Limits, token
         summary="A clip's audio file (byte ranges supported; HEAD too)",
         response_class=Response,
         responses={
-            200: {"content": {"audio/*": {}}},
-            206: {"description": "partial content"},
-            416: {"description": "range not satisfiable"},
+            200: {"description": "the whole file",
+                  "content": {"audio/*": {}, "application/octet-stream": {}}},
+            206: {"description": "the requested byte range",
+                  "content": {"audio/*": {}, "application/octet-stream": {}}},
+            **error_responses(403, 404, 416, 422),
         },
     )
-    async def clip_audio(clip_id: int, request: Request) -> Response:
+    async def clip_audio(clip_id: ClipId, request: Request) -> Response:
         rec, f, st = await run_in_threadpool(service.open_clip_file, clip_id)
         try:
             return audio_response(request, rec, f, st)
@@ -385,9 +456,10 @@ def _install_routes(app: FastAPI, service: LibraryService, limits: Limits, token
 
     app.add_api_route("/api/clips/{clip_id}/audio", clip_audio, methods=["HEAD"], include_in_schema=False)
 
-    @app.get("/api/clips/{clip_id}/waveform", summary="Min/max peaks to draw a clip's waveform")
+    @app.get("/api/clips/{clip_id}/waveform", summary="Min/max peaks to draw a clip's waveform",
+             responses=error_responses(403, 404, 415, 422))
     async def clip_waveform(
-        clip_id: int, points: int = Query(400, ge=1, le=limits.max_waveform_points)
+        clip_id: ClipId, points: int = Query(400, ge=1, le=limits.max_waveform_points)
     ) -> dict[str, Any]:
         return await run_in_threadpool(service.waveform, clip_id, points)
 
@@ -400,7 +472,8 @@ def _install_routes(app: FastAPI, service: LibraryService, limits: Limits, token
     async def status() -> dict[str, Any]:
         return {**await run_in_threadpool(service.status), "auth": token is not None}
 
-    @app.post("/api/session", summary="Exchange the token for a cookie, so <audio> elements can stream")
+    @app.post("/api/session", summary="Exchange the token for a cookie, so <audio> elements can stream",
+              responses=error_responses(413))
     async def session(request: Request) -> Response:
         response = JSONResponse({"ok": True})
         if token is not None:  # the guard already checked the token
@@ -459,7 +532,18 @@ def serve(
     """
     import uvicorn
 
-    uvicorn.run(
+    uvicorn.Server(server_config(app, host, port, log_level)).run()
+
+
+MAX_REQUEST_HEAD_BYTES = 64 * 1024  # request line + headers: a query and a folder filter at their limits fit
+
+
+def server_config(app: FastAPI, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                  log_level: str = "warning") -> Any:
+    """The uvicorn configuration `serve` runs with (tests start the same one on a socket of their own)."""
+    import uvicorn
+
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -468,6 +552,7 @@ def serve(
         server_header=False,
         timeout_keep_alive=30,
         timeout_graceful_shutdown=3,
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
     )
 
 

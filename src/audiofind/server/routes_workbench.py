@@ -8,6 +8,7 @@ cross-site form cannot send `application/json` without a CORS preflight, which t
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -16,10 +17,19 @@ from fastapi import FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ..library.collections import CollectionError, CollectionItem
+from ..library.collections import MAX_NAME_CHARS, CollectionError, CollectionItem
+from ..library.queries import MAX_ID
 from ..paths import display_path
 from .errors import ApiError
-from .schemas import clip_links
+from .schemas import (
+    COLLECTION_ADD_OPENAPI,
+    COLLECTION_CREATE_OPENAPI,
+    MAX_IDS,
+    ClipId,
+    CollectionName,
+    clip_links,
+    error_responses,
+)
 from .service import LibraryService
 from .streaming import audio_response
 from .workbench import MAX_REGION_SECONDS, collection_csv, collection_zip, region_wav
@@ -46,8 +56,13 @@ def install_workbench_routes(app: FastAPI, service: LibraryService) -> None:
 def _install_clip_routes(app: FastAPI, service: LibraryService) -> None:
     @app.get("/api/clips/{clip_id}/download",
              summary="A clip's file as an attachment (for saving or dragging)",
-             response_class=Response, responses={200: {"content": {"audio/*": {}}}})
-    async def clip_download(clip_id: int, request: Request) -> Response:
+             response_class=Response,
+             responses={200: {"description": "the whole file",
+                              "content": {"audio/*": {}, "application/octet-stream": {}}},
+                        206: {"description": "the requested byte range",
+                              "content": {"audio/*": {}, "application/octet-stream": {}}},
+                        **error_responses(403, 404, 416, 422)})
+    async def clip_download(clip_id: ClipId, request: Request) -> Response:
         rec, f, st = await run_in_threadpool(service.open_clip_file, clip_id)
         try:
             response = audio_response(request, rec, f, st)
@@ -62,11 +77,12 @@ def _install_clip_routes(app: FastAPI, service: LibraryService) -> None:
         "/api/clips/{clip_id}/region.wav",
         summary="Seconds [start, end) of a clip as WAV, cut sample-accurately at its own rate and channels",
         response_class=Response,
-        responses={200: {"content": {"audio/wav": {}}}, 400: {"description": "bad or too long region"},
-                   415: {"description": "a format the server cannot cut"}},
+        description="A region that is empty, longer than the limit, or starts past the clip's end is a 400.",
+        responses={200: {"description": "the region as WAV", "content": {"audio/wav": {}}},
+                   **error_responses(400, 403, 404, 415, 422)},
     )
     async def clip_region(
-        clip_id: int,
+        clip_id: ClipId,
         start: float = Query(..., ge=0, description="seconds; the first frame is round(start * rate)"),
         end: float = Query(
             ..., gt=0, description=f"seconds, after start, at most {MAX_REGION_SECONDS:g} later"),
@@ -106,49 +122,67 @@ def _install_collection_routes(app: FastAPI, service: LibraryService) -> None:
     async def list_collections() -> dict[str, Any]:
         return {"collections": await run(lambda: collections().list())}
 
-    @app.post("/api/collections", summary="Make a named collection (JSON {\"name\": ...})", status_code=201)
+    @app.post("/api/collections", summary="Make a named collection (JSON {\"name\": ...})", status_code=201,
+              openapi_extra=COLLECTION_CREATE_OPENAPI, responses=error_responses(400, 413, 415))
     async def create_collection(request: Request) -> dict[str, Any]:
         body = await _json_body(request)
-        return await run(lambda: collections().create(_field(body, "name", str)))
+        name = _raw_name(_field(body, "name", str))
+        return await run(lambda: collections().create(name))
 
-    @app.get("/api/collections/{name}", summary="The clips in a collection, where they are indexed now")
-    async def get_collection(name: str) -> dict[str, Any]:
+    @app.get("/api/collections/{name}", summary="The clips in a collection, where they are indexed now",
+             responses=error_responses(400, 404, 422))
+    async def get_collection(name: CollectionName) -> dict[str, Any]:
+        name = _raw_name(name)
         items = await run(lambda: collections().items(name))
         return {"name": name.strip(), "count": len(items),
                 "results": await run_in_threadpool(lambda: [_item_dict(service, it) for it in items])}
 
-    @app.delete("/api/collections/{name}", summary="Delete a collection (favourites cannot be deleted)")
-    async def delete_collection(name: str) -> dict[str, Any]:
+    @app.delete("/api/collections/{name}", summary="Delete a collection (favourites cannot be deleted)",
+                responses=error_responses(400, 404, 422))
+    async def delete_collection(name: CollectionName) -> dict[str, Any]:
+        name = _raw_name(name)
         await run(lambda: collections().delete(name))
         return {"deleted": name.strip()}
 
     @app.post("/api/collections/{name}/clips",
               summary="Add clips by id (JSON {\"ids\": [...], \"create\": false}); they are remembered by "
-                      "content hash and path, so they survive re-indexing")
-    async def add_clips(name: str, request: Request) -> dict[str, Any]:
+                      "content hash and path, so they survive re-indexing",
+              openapi_extra=COLLECTION_ADD_OPENAPI, responses=error_responses(400, 404, 413, 415, 422))
+    async def add_clips(name: CollectionName, request: Request) -> dict[str, Any]:
+        name = _raw_name(name)
         body = await _json_body(request)
         ids = _ids(body)
-        create = bool(body.get("create", False))
+        create = body.get("create", False)
+        if not isinstance(create, bool):
+            raise ApiError(400, "'create' is true or false", {"create": repr(create)[:100]})
         added = await run(lambda: collections().add(name, ids, create=create))
         return {"name": name.strip(), "added": added}
 
-    @app.delete("/api/collections/{name}/clips/{clip_id}", summary="Remove a clip from a collection")
-    async def remove_clip(name: str, clip_id: int) -> dict[str, Any]:
+    @app.delete("/api/collections/{name}/clips/{clip_id}", summary="Remove a clip from a collection",
+                responses=error_responses(400, 404, 422))
+    async def remove_clip(name: CollectionName, clip_id: ClipId) -> dict[str, Any]:
+        name = _raw_name(name)
         removed = await run(lambda: collections().remove(name, [clip_id]))
         return {"name": name.strip(), "removed": removed}
 
     @app.get("/api/collections/{name}/export.csv",
              summary="A collection as CSV: path, name, format, hash",
-             response_class=Response, responses={200: {"content": {"text/csv": {}}}})
-    async def export_csv(name: str) -> Response:
+             response_class=Response,
+             responses={200: {"description": "CSV", "content": {"text/csv": {}}},
+                        **error_responses(400, 404, 422)})
+    async def export_csv(name: CollectionName) -> Response:
+        name = _raw_name(name)
         items = await run(lambda: collections().items(name))
         return Response(collection_csv(items), media_type="text/csv; charset=utf-8",
                         headers=_attachment(f"{name.strip()}.csv"))
 
     @app.get("/api/collections/{name}/export.zip",
              summary="A collection's files as one ZIP (stored, streamed)",
-             response_class=Response, responses={200: {"content": {"application/zip": {}}}})
-    async def export_zip(name: str) -> Response:
+             response_class=Response,
+             responses={200: {"description": "ZIP", "content": {"application/zip": {}}},
+                        **error_responses(400, 404, 422)})
+    async def export_zip(name: CollectionName) -> Response:
+        name = _raw_name(name)
         items = await run(lambda: collections().items(name))
         return StreamingResponse(collection_zip(service, items), media_type="application/zip",
                                  headers=_attachment(f"{name.strip()}.zip"))
@@ -183,6 +217,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
         raise ApiError(413, "request body too large", {"limit_bytes": 64 * 1024})
     try:
         body = json.loads(raw)
+    except RecursionError:
+        raise ApiError(400, "invalid JSON", "nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, "invalid JSON", str(e)) from None
     if not isinstance(body, dict):
@@ -199,10 +235,23 @@ def _field(body: dict[str, Any], key: str, kind: type) -> Any:
 
 def _ids(body: dict[str, Any]) -> list[int]:
     ids = body.get("ids")
-    if not isinstance(ids, list) or not ids or len(ids) > 1000 or \
-            not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        raise ApiError(400, "'ids' is a list of 1 to 1000 clip ids", {"ids": repr(ids)[:100]})
+    if isinstance(ids, list):  # JSON does not tell 3 from 3.0
+        ids = [int(i) if isinstance(i, float) and i.is_integer() else i for i in ids]
+    if not isinstance(ids, list) or not ids or len(ids) > MAX_IDS or \
+            not all(isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= MAX_ID for i in ids):
+        raise ApiError(400, f"'ids' is a list of 1 to {MAX_IDS} clip ids", {"ids": repr(ids)[:100]})
     return ids
+
+
+_BAD_NAME_CHAR = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def _raw_name(name: str) -> str:
+    """A collection name as sent, held to the documented rules before the library strips it."""
+    if len(name) > MAX_NAME_CHARS or _BAD_NAME_CHAR.search(name) or not name.strip():
+        raise ApiError(400, f"a collection name has 1 to {MAX_NAME_CHARS} characters, none of them a slash "
+                       "or control character", {"name": name[:100]})
+    return name
 
 
 def _attachment(filename: str) -> dict[str, str]:

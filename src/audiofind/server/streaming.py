@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from email.utils import formatdate
 from typing import BinaryIO
@@ -16,6 +17,7 @@ from ..paths import display_path
 from .errors import ApiError
 
 CHUNK_BYTES = 256 * 1024
+_DIGITS = re.compile(r"[0-9]{1,30}")  # ASCII digits only: str.isdigit() also takes '²' and '٣'
 
 # Browsers need the right type to play and seek; Python's mimetypes misses several of these.
 AUDIO_CONTENT_TYPES: dict[str, str] = {
@@ -64,7 +66,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
         {"range": header[:100], "size": size},
         headers={"Content-Range": f"bytes */{size}"},
     )
-    if not dash or (first and not first.isdigit()) or (last and not last.isdigit()) or not (first or last):
+    if not dash or not (first or last) or any(x and not _DIGITS.fullmatch(x) for x in (first, last)):
         raise unsatisfiable
     if not first:  # suffix: the last N bytes
         n = int(last)
