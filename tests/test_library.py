@@ -481,6 +481,6 @@ def test_one_hour_recording_is_indexed_whole(tmp_path, model):
     with Library.open(tmp_path / "index", model, create=True) as lib:
         report = lib.update([hour.parent], workers=1, progress=False)
         assert report.added == 2 and not report.skipped
-        rec = next(lib.clip(r.id) for r in lib.search("a steady pure tone", k=2))
+        rec = next(lib.clip(r.id) for r in lib.search("a steady pure tone", k=2, mode="audio"))
         assert rec.path == str(hour) and rec.duration == pytest.approx(3600.0)
         assert "Sine wave" in [label for label, _ in rec.tags[:3]]
