@@ -15,11 +15,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,10 +24,11 @@ from typing import Any
 import httpx
 import pytest
 import tomllib
+from test_server import LiveServer
 
 from audiofind.library import Library
 from audiofind.library.queries import MAX_ID, QueryError, check_filters, check_k, check_query
-from audiofind.server.app import create_app, server_config
+from audiofind.server.app import create_app
 from audiofind.server.streaming import parse_range
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,48 +73,21 @@ def small_index(tmp_path_factory: pytest.TempPathFactory, sfx_dir: Path, assets_
     return {"lib": lib_dir, "index": index_dir, "crafted": crafted}
 
 
-class Server:
-    """`audiofind serve`'s uvicorn configuration on a socket this test owns (a free loopback port)."""
-
-    def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(server_config(app, "127.0.0.1", self.sock.getsockname()[1]))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 180
-        while not self.server.started:  # a condition, polled; the model loads before it turns true
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
-def server(small_index: dict[str, Path]) -> Iterator[Server]:
+def server(small_index: dict[str, Path]) -> Iterator[LiveServer]:
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with Server(create_app(small_index["index"])) as s:
+        with LiveServer(create_app(small_index["index"])) as s:
             yield s
     finally:
         torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
-def client(server: Server) -> Iterator[httpx.Client]:
+def client(server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=60) as c:
         yield c
 
@@ -253,7 +224,7 @@ def test_405_names_every_method_of_the_path(client: httpx.Client) -> None:
 # ---------------------------------------------------------------- 10: schemathesis, all checks
 
 
-def test_schemathesis_finds_nothing(server: Server, tmp_path: Path) -> None:
+def test_schemathesis_finds_nothing(server: LiveServer, tmp_path: Path) -> None:
     """`st run URL/openapi.json --checks all`, bounded by examples per operation; fails on any finding."""
     try:
         import schemathesis  # noqa: F401

@@ -20,7 +20,7 @@ import pytest
 os.environ.setdefault("AUDIOFIND_ASSETS", str(Path(__file__).resolve().parents[2] / "shared" / "assets"))
 
 from audiofind.library import DB_NAME, FAISS_NAME, Library  # noqa: E402
-from audiofind.server.app import Limits, create_app  # noqa: E402
+from audiofind.server.app import Limits, create_app, server_config  # noqa: E402
 from audiofind.server.security import check_bind, is_loopback  # noqa: E402
 from audiofind.server.streaming import parse_range  # noqa: E402
 
@@ -104,7 +104,8 @@ def copy_index(index_dir: Path, dest: Path) -> Path:
 
 
 class LiveServer:
-    """uvicorn serving `app` from a thread on a free loopback port; a context manager."""
+    """`audiofind serve`'s uvicorn configuration serving `app` from a thread, on a loopback socket this
+    test owns (bound to port 0 before the server starts); a context manager."""
 
     def __init__(self, app: Any) -> None:
         import uvicorn
@@ -114,7 +115,7 @@ class LiveServer:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self.server = uvicorn.Server(server_config(app, "127.0.0.1", self.port))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> LiveServer:
