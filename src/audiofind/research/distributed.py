@@ -13,23 +13,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .train_config import (  # noqa: F401
-    AugmentConfig,
-    DataConfig,
-    OptimConfig,
+from .train_config import (
     TrainConfig,
-    apply_overrides,
-    as_config,
-    load_config,
-)
-from .train_data import (  # noqa: F401
-    CaptionDataset,
-    WaveDataset,
-    augment_caption,
-    collate,
-    crop_or_pad,
-    load_split,
-    mixup,
 )
 
 log = logging.getLogger(__name__)

@@ -19,23 +19,11 @@ from .losses import (
     TeacherBank,
 )
 from .metrics import retrieval_metrics
-from .train_config import (  # noqa: F401
-    AugmentConfig,
+from .train_config import (
     DataConfig,
-    OptimConfig,
-    TrainConfig,
-    apply_overrides,
-    as_config,
-    load_config,
 )
-from .train_data import (  # noqa: F401
-    CaptionDataset,
+from .train_data import (
     WaveDataset,
-    augment_caption,
-    collate,
-    crop_or_pad,
-    load_split,
-    mixup,
 )
 
 # ---------------------------------------------------------------- evaluation

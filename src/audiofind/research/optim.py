@@ -8,23 +8,8 @@ from typing import Any
 import torch
 
 from ..models.dual_encoder import DualEncoder
-from .train_config import (  # noqa: F401
-    AugmentConfig,
-    DataConfig,
+from .train_config import (
     OptimConfig,
-    TrainConfig,
-    apply_overrides,
-    as_config,
-    load_config,
-)
-from .train_data import (  # noqa: F401
-    CaptionDataset,
-    WaveDataset,
-    augment_caption,
-    collate,
-    crop_or_pad,
-    load_split,
-    mixup,
 )
 
 # ---------------------------------------------------------------- optimisation

@@ -7,25 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .train_config import (  # noqa: F401
-    AugmentConfig,
-    DataConfig,
-    OptimConfig,
-    TrainConfig,
-    apply_overrides,
-    as_config,
-    load_config,
-)
-from .train_data import (  # noqa: F401
-    CaptionDataset,
-    WaveDataset,
-    augment_caption,
-    collate,
-    crop_or_pad,
-    load_split,
-    mixup,
-)
-
 # ---------------------------------------------------------------- logging
 
 
