@@ -157,6 +157,7 @@ def test_names_and_folders_count(sfx_dir, model, tmp_path):
     copy_clip(sfx_dir, "door", sounds / "doors_door_close.ogg")
     copy_clip(sfx_dir, "cattle", sounds / "cattle_05.ogg")
     copy_clip(sfx_dir, "glass", sounds / "GLASBreak_Window Shatter_ACME_01.ogg")  # a UCS name
+    copy_clip(sfx_dir, "rain", sounds / "windleaves_10.ogg")  # a compound: no word of it is a prefix match
     with Library.open(tmp_path / "index", model, create=True) as lib:
         lib.update([sounds], workers=0, progress=False)
         first = {q: Path(lib.search(q, k=1)[0].path).name for q in
@@ -168,6 +169,8 @@ def test_names_and_folders_count(sfx_dir, model, tmp_path):
         assert record["name"] == "fs gravel" and record["folders"] == "foley footsteps"
         ucs = lib.find(sounds / "GLASBreak_Window Shatter_ACME_01.ogg").words
         assert "glass" in ucs["ucs_category"].lower() and "window shatter" in ucs["name"]
+        leaves = lib.search("leaves rustling", k=1, mode="text")[0]
+        assert Path(leaves.path).name == "windleaves_10.ogg" and leaves.why["words"] == ["leaves"]
         assert lib.search('door" OR * NEAR(x y) -slam col:name ^start', k=1, mode="text")  # words, not syntax
         hit = lib.search("footsteps on gravel", k=1)[0]
         assert set(hit.why["words"]) == {"footsteps", "gravel"} and hit.why["tags"]
