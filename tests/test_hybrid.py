@@ -246,3 +246,24 @@ def test_an_index_from_before_text_records_is_completed_on_update(sfx_dir, model
         [door] = lib.search("door closing", k=1, mode="text")
         assert Path(door.path).name == "doors_door_close.ogg"
     in_step(index)
+
+
+def test_records_from_older_word_rules_are_rebuilt_without_decoding(sfx_dir, model, tmp_path):
+    sounds = tmp_path / "sounds"
+    copy_clip(sfx_dir, "rain", sounds / "windleaves_10.ogg")
+    index = tmp_path / "index"
+    with Library.open(index, model, create=True) as lib:
+        lib.update([sounds], workers=0, progress=False)
+    with sqlite3.connect(index / DB_NAME) as conn:  # a record written before compounds were split
+        [(text,)] = conn.execute("SELECT text FROM files").fetchall()
+        old = json.loads(text)
+        del old["version"]
+        old["words"]["name"], old["fts"]["name"] = "windleaves", "windleav"
+        conn.execute("UPDATE files SET text = ?", (json.dumps(old),))
+    with Library.open(index, model) as lib:
+        assert not lib.search("leaves", k=1, mode="text")
+        report = lib.update([sounds], workers=0, progress=False)
+        assert report.unchanged == 1 and report.embedded == 0
+        [hit] = lib.search("leaves", k=1, mode="text")
+        assert lib.find(hit.path).words["name"] == "windleaves wind leaves" and hit.name_score > 0
+    in_step(index)

@@ -38,6 +38,7 @@ TOTAL_CAP = 8_000  # characters kept over all embedded fields of one file
 _CHUNK_CAP = 4 << 20  # a RIFF metadata chunk larger than this is hostile or broken: skipped unread
 _MAX_CHUNKS = 1_000
 FTS_COLUMNS = ("name", "folders", "ucs_category", "metadata")
+TEXT_RECORD_VERSION = 2  # bump when the words a file yields change: records of older versions are rebuilt
 FIELDS = ("title", "description", "comment", "keywords", "genre", "subject", "category", "note", "album")
 
 # words that recorders, phones and DAWs put into names: they say nothing about the sound
