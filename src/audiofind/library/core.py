@@ -5,6 +5,7 @@ Layout of an index folder:
                    `meta` (model, dim, generation, timestamps), `failures` (undecodable files, so
                    re-runs skip them until they change) and `roots` (the paths given to `update`)
   vectors.faiss    a search index rebuilt from SQLite whenever its recorded generation is stale
+                   (with `store="milvus..."` the search side lives in Milvus instead: `milvus_store`)
 
 The SQLite side is in `store`, the incremental update in `updater`, the FAISS side in `searcher`, the rules
 a search must meet in `queries`. It is longer than 400 lines because it is the whole facade (opening,
@@ -30,7 +31,9 @@ from ..models import sentence_encoder
 from ..paths import display_path
 from .activity import UpdateActivity
 from .collections import Collections
-from .hybrid import HybridSearch, TextSearcher
+from .hybrid import HybridSearch, TextSearcher, TextSide
+from .milvus_search import MilvusText, MilvusVectors
+from .milvus_store import SQLITE, MilvusStore, parse_store
 from .names import fill_name_vectors
 from .queries import check_search
 from .records import ClipRecord, IndexNotFoundError, ModelMismatchError, Progress, SearchResult, UpdateReport
@@ -68,10 +71,13 @@ class Library:
         self._model: EmbeddingModel | None = None
         self._device = "cpu"  # where a model loaded by name runs
         self._lock = threading.RLock()
-        self._vectors = VectorSearcher(index_dir, conn, self._lock, index_kind, nprobe, self._dim)
-        self._names = VectorSearcher(index_dir, conn, self._lock, index_kind, nprobe,
-                                     lambda: self.sentences.dim,
-                                     column="name_vector", file_name=NAMES_FAISS_NAME)
+        self._vectors: VectorSearcher | MilvusVectors = VectorSearcher(
+            index_dir, conn, self._lock, index_kind, nprobe, self._dim)
+        self._names: VectorSearcher | MilvusVectors = VectorSearcher(
+            index_dir, conn, self._lock, index_kind, nprobe, lambda: self.sentences.dim, column="name_vector",
+            file_name=NAMES_FAISS_NAME)
+        self._text: TextSide = TextSearcher(conn, self._lock)
+        self._store: MilvusStore | None = None  # None: the embedded SQLite + FAISS search side
         self._hybrid: HybridSearch | None = None  # built on the first text search
         self._sentences: TextEncoder | None = None
 
@@ -96,6 +102,7 @@ class Library:
         nprobe: int = DEFAULT_NPROBE,
         rebuild: bool = False,
         device: str = "cpu",
+        store: str | None = None,
     ) -> Library:
         """Open (with `create`, make) the index in `index_dir`; `model` None loads the index's model lazily.
 
@@ -103,7 +110,9 @@ class Library:
         model the index was built with, unless `rebuild` empties the index first (the next `update`
         re-embeds everything, e.g. after the default model changed). `index_kind` is "auto" (exact
         below vector_index.APPROX_THRESHOLD clips, IVF above), "flat", "ivf" or "hnsw". `device`: "cpu",
-        "cuda" or "mps", where a model loaded by name runs.
+        "cuda" or "mps", where a model loaded by name runs. `store`: where the search side lives, "sqlite"
+        (the embedded FAISS + FTS5 default), "milvus-lite:PATH.db" or "milvus://HOST:PORT[/COLLECTION]";
+        None reopens with the store the index recorded.
         """
         if index_kind not in ("auto", "flat", "ivf", "hnsw"):
             raise ValueError(f"index_kind must be auto, flat, ivf or hnsw, got {index_kind!r}")
@@ -118,6 +127,7 @@ class Library:
         lib = cls(index_dir, conn, index_kind, nprobe)
         lib._device = device
         try:
+            lib._use_store(store)
             name = None
             if isinstance(model, str) or (model is None and rebuild):
                 name = abspath(model) if model and os.path.exists(model) else model
@@ -131,9 +141,36 @@ class Library:
             raise
         return lib
 
+    def _use_store(self, spec: str | None) -> None:
+        """Search through `spec` (None: the recorded store), recording it so search and serve reopen it."""
+        recorded = self._meta("store") or SQLITE
+        parsed = parse_store(spec if spec is not None else recorded)
+        name = parsed.spec if parsed is not None else SQLITE
+        if name != recorded:
+            with transaction(self._conn):
+                self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('store', ?)", (name,))
+        if parsed is not None:
+            self._store = MilvusStore(parsed, self._conn, self._lock, self._dim, self._name_dim,
+                                      self.index_kind, self.nprobe)
+            self._vectors, self._names = MilvusVectors(self._store), MilvusVectors(self._store, "name_vector")
+            self._text = MilvusText(self._store)
+
+    @property
+    def store(self) -> str:
+        """Where the search side lives: "sqlite", "milvus-lite:PATH" or "milvus://HOST:PORT"."""
+        return self._store.spec.spec if self._store is not None else SQLITE
+
+    def _name_dim(self) -> int:
+        """The size of the stored name vectors (the sentence encoder's, loaded only when none is stored)."""
+        row = self._conn.execute("SELECT length(name_vector) FROM files WHERE length(name_vector) > 0 "
+                                 "LIMIT 1").fetchone()
+        return row[0] // 4 if row else self.sentences.dim
+
     def close(self) -> None:
         """Release the database; the object is unusable afterwards."""
         with self._lock:
+            if self._store is not None:
+                self._store.close()
             self._conn.close()
             self._index = None
 
@@ -272,6 +309,8 @@ class Library:
             if commits:
                 self._vectors.reload()  # write vectors.faiss and names.faiss for the final generation
                 self._names.reload()
+            if self._store is not None:  # also finishes a sync a killed run left half done
+                self._store.ensure_synced()
         report.wall_seconds = time.monotonic() - start
         return report
 
@@ -315,7 +354,7 @@ class Library:
         queries, filters = check_search(queries, k, filters)
         with self._lock:
             if self._hybrid is None:
-                self._hybrid = HybridSearch(self._vectors, TextSearcher(self._conn, self._lock), self._names,
+                self._hybrid = HybridSearch(self._vectors, self._text, self._names,
                                             self.sentences.encode,
                                             class_names=getattr(self.model, "class_names", None))
             vectors = np.asarray(vectors, dtype=np.float32)
@@ -399,6 +438,7 @@ class Library:
                 "built_at": self._meta("updated_at"),
                 "build_seconds": round(float(self._meta("build_seconds") or 0), 2),
                 "index_kind": kind,
+                "store": self.store,
             }
 
 

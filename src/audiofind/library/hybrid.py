@@ -14,14 +14,14 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from .fusion import DEFAULT_FUSION, MODES, FusionParams, fuse, match_strength, saturate
 from .metadata import tokenize_for_search
 from .records import SearchResult
-from .searcher import VectorSearcher, filter_clause
+from .searcher import filter_clause
 
 # Words that carry no meaning in a description ("the sound of rain on a roof"); everything else counts.
 STOP_WORDS = frozenset({
@@ -68,18 +68,22 @@ class TextSearcher:
         self.conn, self.lock = conn, lock
         self._bm25 = f"bm25(clip_text, {', '.join(str(float(w)) for w in weights)})"
 
-    def top(self, expression: str, n: int, filters: tuple[str, list[Any]] | None) -> dict[int, float]:
-        """The `n` best clips for the expression (passing the filters) -> BM25, higher is better."""
-        where, args = ("", []) if filters is None else (f" AND rowid IN (SELECT id FROM files WHERE "
-                                                           f"{filters[0]})", filters[1])
+    def top(self, terms: Sequence[tuple[str, str]], n: int, filters: dict[str, Any]) -> dict[int, float]:
+        """The `n` best clips for the query terms (passing the filters) -> BM25, higher is better."""
+        expression, clause = match_expression(terms), filter_clause(**filters)
+        if expression is None:
+            return {}
+        where, args = ("", []) if clause is None else (f" AND rowid IN (SELECT id FROM files WHERE "
+                                                          f"{clause[0]})", clause[1])
         sql = (f"SELECT rowid, -{self._bm25} AS s FROM clip_text WHERE clip_text MATCH ?{where} "
                f"ORDER BY s DESC LIMIT ?")
         with self.lock:
             return {int(i): float(s) for i, s in self.conn.execute(sql, [expression, *args, n])}
 
-    def scores(self, expression: str, ids: Sequence[int]) -> dict[int, float]:
+    def scores(self, terms: Sequence[tuple[str, str]], ids: Sequence[int]) -> dict[int, float]:
         """BM25 of the given clips (those whose record holds no query word are absent)."""
-        if not ids:
+        expression = match_expression(terms)
+        if not ids or expression is None:
             return {}
         marks = ",".join("?" * len(ids))
         sql = f"SELECT rowid, -{self._bm25} FROM clip_text WHERE clip_text MATCH ? AND rowid IN ({marks})"
@@ -97,10 +101,26 @@ class TextSearcher:
                     for i, t in rows}
 
 
+class VectorSide(Protocol):
+    """What HybridSearch needs from a vector side: `searcher.VectorSearcher` (FAISS) or Milvus's."""
+
+    def search(self, queries: np.ndarray, k: int, **filters: Any) -> list[list[SearchResult]]: ...
+    def all_vectors(self, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]: ...
+    def results(self, hits: list[tuple[int, float]]) -> list[SearchResult]: ...
+
+
+class TextSide(Protocol):
+    """What HybridSearch needs from a BM25 side: `TextSearcher` (FTS5) or Milvus's."""
+
+    def top(self, terms: Sequence[tuple[str, str]], n: int, filters: dict[str, Any]) -> dict[int, float]: ...
+    def scores(self, terms: Sequence[tuple[str, str]], ids: Sequence[int]) -> dict[int, float]: ...
+    def stems(self, ids: Sequence[int]) -> dict[int, set[str]]: ...
+
+
 class HybridSearch:
     """Rank clips for text queries by audio, by words (BM25 + dense names), or by both."""
 
-    def __init__(self, vectors: VectorSearcher, text: TextSearcher, names: VectorSearcher,
+    def __init__(self, vectors: VectorSide, text: TextSide, names: VectorSide,
                  encode_sentences: Callable[[list[str]], np.ndarray], params: FusionParams = DEFAULT_FUSION,
                  class_names: Sequence[str] | None = None) -> None:
         self.vectors, self.text, self.names, self.params = vectors, text, names, params
@@ -121,23 +141,20 @@ class HybridSearch:
         elif sentences is None:
             sentences = self.encode_sentences(list(queries))
         name_hits = self.names.search(sentences, pool, **filters) if sentences is not None else None
-        clause = filter_clause(**filters)
         out = []
         for i, query in enumerate(queries):
             terms = query_terms(query) if mode != "audio" else []
-            expression = match_expression(terms)
             scores = {
                 "audio": {h.id: h.score for h in audio_hits[i]} if audio_hits is not None else {},
-                "text": self.text.top(expression, pool, clause) if expression else {},
+                "text": self.text.top(terms, pool, filters) if terms else {},
                 "name": {h.id: h.score for h in name_hits[i]} if name_hits is not None else {},
             }
             sentence = sentences[i] if sentences is not None else None
-            out.append(self._rank(query_vectors[i], sentence, terms, expression, scores, k, mode))
+            out.append(self._rank(query_vectors[i], sentence, terms, scores, k, mode))
         return out
 
     def _rank(self, q: np.ndarray, sentence: np.ndarray | None, terms: list[tuple[str, str]],
-              expression: str | None, scores: dict[str, dict[int, float]], k: int,
-              mode: str) -> list[SearchResult]:
+              scores: dict[str, dict[int, float]], k: int, mode: str) -> list[SearchResult]:
         """Score the union of candidates exactly on every side, fuse, and dress the best `k`."""
         audio, text, name = scores["audio"], scores["text"], scores["name"]
         ids = np.array(sorted(set(audio) | set(text) | set(name)), dtype=np.int64)
@@ -146,8 +163,8 @@ class HybridSearch:
         self._complete(audio, ids, self.vectors, q)
         if sentence is not None:
             self._complete(name, ids, self.names, sentence)
-        missing_text = [int(i) for i in ids if int(i) not in text] if expression else []
-        text.update(self.text.scores(expression, missing_text) if missing_text else {})
+        missing_text = [int(i) for i in ids if int(i) not in text] if terms else []
+        text.update(self.text.scores(terms, missing_text) if missing_text else {})
         a = np.array([audio.get(int(i), 0.0) for i in ids])
         t = saturate(np.array([text.get(int(i), 0.0) for i in ids]), self.params.text_half)
         n = np.maximum(np.array([name.get(int(i), 0.0) for i in ids]), 0.0)
@@ -171,7 +188,7 @@ class HybridSearch:
         return hits
 
     @staticmethod
-    def _complete(scores: dict[int, float], ids: np.ndarray, searcher: VectorSearcher, q: np.ndarray) -> None:
+    def _complete(scores: dict[int, float], ids: np.ndarray, searcher: VectorSide, q: np.ndarray) -> None:
         """Add the exact cosine of candidates the searcher did not return (absent vectors stay absent)."""
         missing = [int(i) for i in ids if int(i) not in scores]
         if missing:
