@@ -23,7 +23,7 @@ from ..library import Library, LibraryError, SearchResult, UpdateReport
 from ..library.fusion import MODES, is_weak
 from ..library.queries import QueryError, check_filters, check_query
 from ..paths import display_path, terminal_text
-from .options import DeviceOpt, default_index_help, resolve_device
+from .options import DeviceOpt, StoreOpt, default_index_help, resolve_device
 
 app = typer.Typer(
     name="audiofind",
@@ -215,13 +215,15 @@ def index_cmd(
     ] = False,
     json_out: JsonOpt = False,
     device: DeviceOpt = "auto",
+    store: StoreOpt = None,
 ) -> None:
     """Add new and changed audio files under PATHS to the index; drop the ones that are gone."""
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise fail(f"no such file or folder: {', '.join(terminal_text(display_path(p)) for p in missing)}", 2)
     dev = _device(device)
-    with errors(), Library.open(index, model=model, create=True, rebuild=rebuild, device=dev) as lib:
+    with errors(), Library.open(index, model=model, create=True, rebuild=rebuild, device=dev,
+                                store=store) as lib:
         report = lib.update(paths, workers=workers, progress=not quiet)
         stats = lib.stats()
     if json_out:
@@ -249,6 +251,7 @@ def search(
     max_duration: MaxDurOpt = None,
     path_prefix: PrefixOpt = None,
     device: DeviceOpt = "auto",
+    store: StoreOpt = None,
 ) -> None:
     """Search the index by description. --json: a list of results (with --queries: one JSON line per
     query, with "no_good_match"); a weak best match is reported as "nothing in this library matches well"."""
@@ -261,7 +264,7 @@ def search(
         texts = [check_query(query)] if query is not None else _read_queries(queries)
         if not texts:
             raise UsageError(f"{queries} holds no queries (blank lines are skipped)")
-        with Library.open(index, device=_device(device)) as lib:
+        with Library.open(index, device=_device(device), store=store) as lib:
             for start in range(0, len(texts), QUERY_BATCH):
                 batch = texts[start:start + QUERY_BATCH]
                 for text, found in zip(batch, lib.search_many(batch, top_k, mode, **filters), strict=True):

@@ -1,4 +1,4 @@
-"""Options several commands share, and the checks behind them: `--device`, `--version`."""
+"""Options several commands share, and the checks behind them: `--device`, `--store`, `--version`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_METAVAR = "auto|cpu|cuda|mps"
 DEVICE_HELP = "Where the model runs; auto picks a CUDA or Apple GPU when torch sees one, else the CPU."
 DeviceOpt = Annotated[str, typer.Option("--device", metavar=DEVICE_METAVAR, help=DEVICE_HELP)]
+
+STORE_HELP = ("Where the search side lives: sqlite (embedded FAISS + FTS5), milvus-lite:PATH.db or "
+              "milvus://HOST:PORT[/COLLECTION] (default: what the index recorded, else sqlite).")
+StoreOpt = Annotated[str | None, typer.Option("--store", metavar="sqlite|milvus-lite:PATH|milvus://HOST:PORT",
+                                              help=STORE_HELP, show_default=False)]
 
 
 def resolve_device(device: str) -> str:

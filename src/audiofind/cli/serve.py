@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .options import DeviceOpt, default_index_help, resolve_device
+from .options import DeviceOpt, StoreOpt, default_index_help, resolve_device
 
 TOKEN_ENV = "AUDIOFIND_TOKEN"
 
@@ -65,6 +65,7 @@ def register(app: typer.Typer) -> None:
         ] = 1,
         log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
         device: DeviceOpt = "auto",
+        store: StoreOpt = None,
     ) -> None:
         """Serve the search page and JSON API; prints the URL to open."""
         from ..library import LibraryError, default_index_dir
@@ -97,6 +98,10 @@ def register(app: typer.Typer) -> None:
             sys.stdout.flush()
 
         try:
+            if store is not None:  # recorded in the index, which the server then opens with it
+                from ..library import Library
+
+                Library.open(index_dir, store=store).close()
             app = create_app(
                 index_dir,
                 model=model,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -99,10 +100,15 @@ class MilvusStore:
             except ImportError:
                 raise LibraryError("the Milvus store needs pymilvus: "
                                    "pip install 'audiofind[milvus]'") from None
+            logging.getLogger("pymilvus").setLevel(logging.ERROR)  # its iterator warns on every listing
             try:
-                self._client = MilvusClient(self.spec.uri, token=os.environ.get(TOKEN_ENV, ""))
+                client = MilvusClient(self.spec.uri, token=os.environ.get(TOKEN_ENV, ""))
+                for name in (self.collection, self.state_collection):  # a reopened collection starts released
+                    if client.has_collection(name):
+                        client.load_collection(name)
             except Exception as e:  # pymilvus raises its own types for refused connections, bad files
                 raise LibraryError(f"cannot open the Milvus store {self.spec.spec}: {e}") from None
+            self._client = client
         return self._client
 
     def close(self) -> None:
