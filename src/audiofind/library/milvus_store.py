@@ -205,8 +205,9 @@ class MilvusStore:
 
     def ensure_synced(self) -> None:
         """Sync when SQLite moved on since the last sync (cheap when in step: one meta read)."""
-        if not self.in_step():
-            self.sync()
+        with self.lock:  # one sync at a time: the server's threads wait for it rather than repeat it
+            if not self.in_step():
+                self.sync()
 
     def _local(self) -> tuple[int, dict[int, str], int]:
         """(generation, {id: stamp}, total tokens) of the committed rows, from one snapshot."""
