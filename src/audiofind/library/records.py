@@ -22,6 +22,10 @@ class IndexNotFoundError(LibraryError):
     """No index where one was expected."""
 
 
+class IndexBusyError(LibraryError):
+    """Another process holds the index's write lock and the caller chose not to wait."""
+
+
 class ModelMismatchError(LibraryError):
     """The index holds vectors from another model; mixing spaces would return nonsense."""
 
