@@ -295,8 +295,9 @@ def test_model_mismatch_is_refused_until_a_rebuild(built, tmp_path):
     copy = tmp_path / "index"
     shutil.copytree(lib.index_dir, copy)
     with Library.open(copy, FakeModel(), rebuild=True) as rebuilt:
-        assert len(rebuilt) == 0 and rebuilt.model_id == "fake-spectrum-v1"
+        assert len(rebuilt) == len(lib) and rebuilt.model_id == lib.model_id  # the old index until the swap
         report = rebuilt.update([sounds / "sheep"], workers=0, progress=False)
+        assert len(rebuilt) == 3 and rebuilt.model_id == "fake-spectrum-v1"
         assert report.added == report.embedded == 3
         assert rebuilt.stats()["dim"] == FakeModel.dim and len(rebuilt.search("anything", k=5)) == 3
 

@@ -129,7 +129,8 @@ class Library:
         index_dir = Path(index_dir).expanduser() if index_dir is not None else default_index_dir()
         db_path = _prepare_folder(index_dir, create)
         if read_only is None:
-            read_only = not (os.access(index_dir, os.W_OK) and os.access(db_path, os.W_OK))
+            read_only = not os.access(index_dir, os.W_OK) or (db_path.exists()
+                                                                 and not os.access(db_path, os.W_OK))
         if read_only and rebuild:
             raise LibraryError(_read_only_message(index_dir))
         conn = connect(db_path, read_only=read_only)
@@ -280,12 +281,16 @@ class Library:
             try:
                 commits = self._rebuild(abs_roots, report, run) if self._pending is not None else \
                     self._update_rows(self._conn, lambda: self.model, abs_roots, report, run)
-                self._check_present("while indexing")
+            except sqlite3.DatabaseError:
+                self._check_present("while indexing")  # SQLite refuses writes to a moved file: say why
+                raise
             finally:
-                with self._lock, transaction(self._conn):
-                    seconds = float(self._meta("build_seconds") or 0) + time.monotonic() - start
-                    self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('build_seconds', ?)",
-                                       (f"{seconds:.3f}",))
+                if _file_id(self.index_dir / DB_NAME) == self._db_id:
+                    with self._lock, transaction(self._conn):
+                        seconds = float(self._meta("build_seconds") or 0) + time.monotonic() - start
+                        self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('build_seconds', ?)",
+                                           (f"{seconds:.3f}",))
+            self._check_present("while indexing")
             with self._lock:
                 if commits:
                     self._vectors.reload()  # write vectors.faiss and names.faiss for the final generation
