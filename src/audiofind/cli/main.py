@@ -112,8 +112,9 @@ def errors() -> Iterator[None]:
     except KeyError as e:
         raise fail(str(e.args[0]) if e.args else "not found", 1) from None
     except sqlite3.DatabaseError as e:  # found only when a query reaches the damaged pages
-        raise fail(f"the index is damaged ({e}); restore a backup of the index folder, or build a new one "
-                   "with: audiofind index PATH --index NEW_FOLDER", 1) from None
+        reason = str(e).split(" with text ")[0][:120]  # a decoding error quotes the damaged bytes
+        raise fail(f"the index is damaged ({reason}); restore a backup of the index folder, or build a new "
+                   "one with: audiofind index PATH --index NEW_FOLDER", 1) from None
 
 
 def _filters(min_duration: float | None, max_duration: float | None,

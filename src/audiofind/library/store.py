@@ -252,7 +252,8 @@ def connect(db_path: Path, read_only: bool = False) -> sqlite3.Connection:
                 raise LibraryError(f"{db_path}: index schema version {version[0]} is not supported (this "
                                    f"audiofind reads version {SCHEMA_VERSION}); re-index into a new folder")
     except sqlite3.DatabaseError as e:
-        raise LibraryError(f"{db_path} is not a readable audiofind index: {e}") from e
+        raise LibraryError(f"{db_path} is not a readable audiofind index: {e}; restore a backup of its "
+                           "folder, or build a new one with: audiofind index PATH --index NEW_FOLDER") from e
     return conn
 
 
