@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from .. import __version__
-from ..library import IndexBusyError, Library, LibraryError, SearchResult, UpdateReport
+from ..library import Library, LibraryError, SearchResult, UpdateReport, damaged_message
 from ..library.fusion import MODES, is_weak
 from ..library.queries import QueryError, check_filters, check_query
 from ..paths import display_path, terminal_text
@@ -89,9 +89,6 @@ def _root(
     """
 
 
-BUSY_EXIT = 75  # EX_TEMPFAIL: `index --no-wait` found another run writing the index; try again later
-
-
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one line on stderr and return the Exit to raise."""
     typer.echo(f"audiofind: {terminal_text(message)}", err=True)
@@ -105,16 +102,12 @@ def errors() -> Iterator[None]:
         yield
     except (UsageError, QueryError) as e:
         raise fail(str(e), 2) from None
-    except IndexBusyError as e:
-        raise fail(str(e), BUSY_EXIT) from None
     except (LibraryError, FileNotFoundError, ValueError) as e:  # AudioDecodeError is a ValueError
-        raise fail(str(e), 1) from None
+        raise fail(str(e), getattr(e, "exit_code", 1)) from None
     except KeyError as e:
         raise fail(str(e.args[0]) if e.args else "not found", 1) from None
-    except sqlite3.DatabaseError as e:  # found only when a query reaches the damaged pages
-        reason = str(e).split(" with text ")[0][:120]  # a decoding error quotes the damaged bytes
-        raise fail(f"the index is damaged ({reason}); restore a backup of the index folder, or build a new "
-                   "one with: audiofind index PATH --index NEW_FOLDER", 1) from None
+    except sqlite3.DatabaseError as e:  # damaged pages, found only when a query reaches them
+        raise fail(damaged_message(e), 1) from None
 
 
 def _filters(min_duration: float | None, max_duration: float | None,
@@ -226,14 +219,13 @@ def index_cmd(
     json_out: JsonOpt = False,
     device: DeviceOpt = "auto",
     no_wait: Annotated[
-        bool, typer.Option("--no-wait", help=f"Exit (code {BUSY_EXIT}) instead of waiting when another run "
-                           "is writing the index.")
+        bool, typer.Option("--no-wait", help="Exit (code 75) instead of waiting while another run writes the "
+                           "index.")
     ] = False,
 ) -> None:
     """Add new and changed audio files under PATHS to the index; drop the ones that are gone.
 
-    One run writes an index at a time: a second waits for the first (and says so) unless --no-wait.
-    --rebuild builds the new model's index beside the old one and swaps it in when complete.
+    One run writes an index at a time: a second waits for the first unless --no-wait.
     """
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:

@@ -16,10 +16,12 @@ from .records import (
     ModelMismatchError,
     SearchResult,
     UpdateReport,
+    damaged_message,
 )
 from .store import DB_NAME, FAISS_NAME, INDEX_ENV, default_index_dir
 
 __all__ = [
     "DB_NAME", "FAISS_NAME", "INDEX_ENV", "ClipRecord", "IndexBusyError", "IndexNotFoundError", "Library",
-    "LibraryError", "ModelMismatchError", "SearchResult", "UpdateReport", "default_index_dir",
+    "LibraryError", "ModelMismatchError", "SearchResult", "UpdateReport", "damaged_message",
+    "default_index_dir",
 ]

@@ -36,7 +36,7 @@ from starlette.routing import Match
 
 from .. import __version__
 from ..audio import AUDIO_EXTENSIONS
-from ..library import Library, LibraryError, SearchResult
+from ..library import Library, LibraryError, SearchResult, damaged_message
 from ..library.fusion import is_weak
 from ..library.queries import PATH_PREFIX_PATTERN, QUERY_PATTERN, QueryError, check_filters
 from .errors import ApiError, error_response
@@ -212,7 +212,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(sqlite3.DatabaseError)
     async def _damaged(_: Request, exc: sqlite3.DatabaseError) -> JSONResponse:
-        return error_response(503, "the index is damaged; restore it or re-index into a new folder", str(exc))
+        return error_response(503, "the index is not available", damaged_message(exc))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
