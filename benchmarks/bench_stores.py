@@ -6,8 +6,8 @@ Libraries are grown from a real index as in bench_hybrid_latency.py (real text r
 vectors mixed from real ones as in bench_search.py, name vectors = seed's plus noise), written straight
 into SQLite. For each store it measures the time to make the search side from those rows (sqlite: both
 FAISS files on the first search; milvus-lite: `MilvusStore.sync`, inserting every clip), its bytes on disk,
-and the latency of real sfx-dev queries one at a time through `Library.search` (audio and hybrid, k=10; the
-first pass warms caches and is not counted).
+and the latency of real sfx-dev queries one at a time through `Library.search` (audio and hybrid, k=10;
+FAISS and torch on one thread; the first pass warms caches and is not counted).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,11 @@ def disk_bytes(*paths: Path) -> int:
 
 
 def measure(target: Path, store: str, queries: list[str]) -> list[dict]:
+    """Build this store's search side from scratch, then time the queries."""
+    for stale in (target / "vectors.faiss", target / "names.faiss"):
+        stale.unlink(missing_ok=True)
+    shutil.rmtree(target / "milvus", ignore_errors=True)
+    (target / "milvus").mkdir()
     with Library.open(target, store=store) as lib:
         t0 = time.perf_counter()
         if lib._store is not None:
@@ -71,8 +77,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     import faiss
+    import torch
 
     faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)  # as a search server runs it (`serve --torch-threads 1`)
     queries = list(load_queries(QUERIES_TSV, load_manifest(args.sfx))[0])[:args.queries]
     seed = seed_rows(args.seed_index)
     rng = np.random.default_rng(0)
@@ -81,7 +89,6 @@ def main() -> None:
         target = args.work / f"n{n}"
         if not (target / DB_NAME).exists():
             build(target, n, seed, rng)
-        (target / "milvus").mkdir(exist_ok=True)
         for store in ("sqlite", f"milvus-lite:{target / 'milvus' / 'clips.db'}"):
             for row in measure(target, store, queries):
                 out.append(row)
