@@ -234,3 +234,32 @@ def test_server_over_a_milvus_store(libs) -> None:
         assert clip.status_code == 200 and clip.json()["path"].endswith("glass_break.ogg")
         audio = client.get(hits[0]["audio_url"])
         assert audio.status_code == 200 and audio.content[:4] == b"OggS"
+
+
+def test_cli_store_option_is_recorded(libs, tmp_path: Path) -> None:
+    """`search --store milvus-lite:...` syncs and records the store; the next search reopens it."""
+    import json
+
+    index = tmp_path / "index"
+    index.mkdir()
+    with sqlite3.connect(libs["sqlite"].index_dir / DB_NAME) as src, sqlite3.connect(index / DB_NAME) as dst:
+        src.backup(dst)
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "audiofind.cli", *args], capture_output=True, text=True,
+                              env=env, timeout=300)
+
+    spec = f"milvus-lite:{tmp_path / 'clips.db'}"
+    first = cli("search", "glass", "-k", "2", "--json", "--index", str(index), "--store", spec)
+    assert first.returncode == 0, first.stderr
+    again = cli("search", "glass", "-k", "2", "--json", "--index", str(index))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(first.stdout) == json.loads(again.stdout)
+    assert Path(json.loads(again.stdout)[0]["path"]).name == "glass_break.ogg"
+    with Library.open(index, store=None) as lib:
+        assert lib.store == spec
+    bad = cli("search", "glass", "--index", str(index), "--store", "redis://x")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert [line for line in bad.stderr.splitlines() if line.startswith("audiofind:")] == [
+        "audiofind: --store must be sqlite, milvus-lite:PATH.db or milvus://HOST:PORT, not 'redis://x'"]
