@@ -67,6 +67,7 @@ class Library:
         self._conn = conn
         self._model: EmbeddingModel | None = None
         self._device = "cpu"  # where a model loaded by name runs
+        self._text_backend = "torch"  # "numpy": text queries without torch (models.zeroshot.TEXT_BACKENDS)
         self._lock = threading.RLock()
         self._vectors = VectorSearcher(index_dir, conn, self._lock, index_kind, nprobe, self._dim)
         self._names = VectorSearcher(index_dir, conn, self._lock, index_kind, nprobe,
@@ -96,6 +97,7 @@ class Library:
         nprobe: int = DEFAULT_NPROBE,
         rebuild: bool = False,
         device: str = "cpu",
+        text_backend: str = "torch",
     ) -> Library:
         """Open (with `create`, make) the index in `index_dir`; `model` None loads the index's model lazily.
 
@@ -103,7 +105,9 @@ class Library:
         model the index was built with, unless `rebuild` empties the index first (the next `update`
         re-embeds everything, e.g. after the default model changed). `index_kind` is "auto" (exact
         below vector_index.APPROX_THRESHOLD clips, IVF above), "flat", "ivf" or "hnsw". `device`: "cpu",
-        "cuda" or "mps", where a model loaded by name runs.
+        "cuda" or "mps", where a model loaded by name runs. `text_backend="numpy"` encodes text queries
+        without importing torch (the zero-shot model's MiniLM in numpy, equal to 1e-4): a quick cold start
+        for a process that only searches by text.
         """
         if index_kind not in ("auto", "flat", "ivf", "hnsw"):
             raise ValueError(f"index_kind must be auto, flat, ivf or hnsw, got {index_kind!r}")
@@ -116,12 +120,12 @@ class Library:
             index_dir.mkdir(parents=True, exist_ok=True)
         conn = connect(db_path)
         lib = cls(index_dir, conn, index_kind, nprobe)
-        lib._device = device
+        lib._device, lib._text_backend = device, text_backend
         try:
             name = None
             if isinstance(model, str) or (model is None and rebuild):
                 name = abspath(model) if model and os.path.exists(model) else model
-                model = _model_on(name, device)
+                model = _model_on(name, device, text_backend)
             if rebuild:
                 lib._clear()
             if model is not None:
@@ -188,7 +192,7 @@ class Library:
         with self._lock:
             if self._model is None:
                 name = self._meta("model_name") or self._meta("model_id")
-                self._adopt_model(_model_on(name, self._device), name)
+                self._adopt_model(_model_on(name, self._device, self._text_backend), name)
             assert self._model is not None
             return self._model
     def _clear(self) -> None:
@@ -402,12 +406,16 @@ class Library:
             }
 
 
-def _load_model(name: str | None, device: str = "cpu") -> EmbeddingModel:
+def _load_model(name: str | None, device: str = "cpu", text_backend: str = "torch") -> EmbeddingModel:
     from ..models import load_model
 
-    return load_model(name, device=device)
+    return load_model(name, device=device, text_backend=text_backend)
 
 
-def _model_on(name: str | None, device: str) -> EmbeddingModel:  # tests swap in one-argument stand-ins
+def _model_on(name: str | None, device: str, text_backend: str = "torch") -> EmbeddingModel:
+    """`_load_model` with only the arguments that differ from its defaults (tests swap in one-argument
+    stand-ins)."""
+    if text_backend != "torch":
+        return _load_model(name, device, text_backend)
     return _load_model(name) if device == "cpu" else _load_model(name, device)
 
