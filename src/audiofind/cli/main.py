@@ -235,7 +235,8 @@ def search(
 ) -> None:
     """Search the index by description. --json: a list of results (with --queries: one JSON line per
     query, with "no_good_match"); a weak best match is reported as "nothing in this library matches well".
-    Text is encoded on the CPU without torch (quick to start) unless --device names a GPU."""
+    Queries are encoded on the CPU (for the zero-shot models without torch: quick to start) unless
+    --device names a GPU."""
     from ..library import Library
     from ..library.fusion import MODES
     from ..library.queries import check_query
