@@ -19,7 +19,7 @@ import typer
 
 from .. import __version__
 from ..paths import display_path, terminal_text
-from .failures import UsageError, errors, fail
+from .failures import UsageError, errors, exit_quickly, fail
 from .options import DeviceOpt, default_index_help, resolve_device
 
 if TYPE_CHECKING:  # imported inside the commands: `audiofind --help` loads no numpy, FAISS or SQLite code
@@ -267,6 +267,7 @@ def search(
                         if query is None:
                             typer.echo(f"\nquery: {terminal_text(text)}")
                         print_matches(results, weak)
+    exit_quickly()  # the index is closed and every line written
 
 
 def _read_queries(path: Path) -> list[str]:
