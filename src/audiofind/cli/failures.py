@@ -31,7 +31,9 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 @contextmanager
 def errors() -> Iterator[None]:
     """Turn the failures a user can cause into one line on stderr, instead of a traceback."""
-    from ..library import LibraryError
+    import sqlite3
+
+    from ..library import LibraryError, damaged_message
     from ..library.queries import QueryError
 
     try:
@@ -39,9 +41,11 @@ def errors() -> Iterator[None]:
     except (UsageError, QueryError) as e:
         raise fail(str(e), 2) from None
     except (LibraryError, FileNotFoundError, ValueError) as e:  # AudioDecodeError is a ValueError
-        raise fail(str(e), 1) from None
+        raise fail(str(e), getattr(e, "exit_code", 1)) from None
     except KeyError as e:
         raise fail(str(e.args[0]) if e.args else "not found", 1) from None
+    except sqlite3.DatabaseError as e:  # damaged pages, found only when a query reaches them
+        raise fail(damaged_message(e), 1) from None
 
 
 def exit_quickly() -> None:

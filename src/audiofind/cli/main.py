@@ -196,8 +196,15 @@ def index_cmd(
     ] = False,
     json_out: JsonOpt = False,
     device: DeviceOpt = "auto",
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Exit (code 75) instead of waiting while another run writes the "
+                           "index.")
+    ] = False,
 ) -> None:
-    """Add new and changed audio files under PATHS to the index; drop the ones that are gone."""
+    """Add new and changed audio files under PATHS to the index; drop the ones that are gone.
+
+    One run writes an index at a time: a second waits for the first unless --no-wait.
+    """
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise fail(f"no such file or folder: {', '.join(terminal_text(display_path(p)) for p in missing)}", 2)
@@ -205,7 +212,7 @@ def index_cmd(
 
     dev = _device(device)
     with errors(), Library.open(index, model=model, create=True, rebuild=rebuild, device=dev) as lib:
-        report = lib.update(paths, workers=workers, progress=not quiet)
+        report = lib.update(paths, workers=workers, progress=not quiet, wait=not no_wait)
         stats = lib.stats()
     if json_out:
         _print_json(report.to_dict() | {"index": stats})
