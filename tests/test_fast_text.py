@@ -87,7 +87,7 @@ def _run_without_torch(*args: str) -> tuple[subprocess.CompletedProcess, list[st
              "heavy = ('torch', 'transformers', 'numpy', 'faiss')\n"
              "atexit.register(lambda: print('MODULES=' + json.dumps([m for m in heavy if m in sys.modules]),"
              " file=sys.stderr))\n"
-             "sys.argv = ['audiofind', *sys.argv[1:]]\n"
+             "sys.argv = ['probe', *sys.argv[1:]]\n"  # not 'audiofind': that ends with os._exit, no atexit
              "from audiofind.cli.main import main\n"
              "main()\n")
     proc = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT,
