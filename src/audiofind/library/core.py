@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..audio import load_audio
-from ..models import sentence_encoder
+from ..models import audio_model_id_of, sentence_encoder
 from ..paths import display_path
 from .activity import UpdateActivity
 from .collections import Collections
@@ -196,7 +196,8 @@ class Library:
         with self._lock, transaction(self._conn):
             self._conn.execute("DELETE FROM files")
             self._conn.execute("DELETE FROM failures")
-            self._conn.execute("DELETE FROM meta WHERE key IN ('model_id', 'model_name', 'dim')")
+            self._conn.execute("DELETE FROM meta WHERE key IN "
+                               "('model_id', 'audio_model_id', 'model_name', 'dim')")
             bump_generation(self._conn)
         for name in (FAISS_NAME, NAMES_FAISS_NAME):
             (self.index_dir / name).unlink(missing_ok=True)
@@ -206,7 +207,7 @@ class Library:
     def _adopt_model(self, model: EmbeddingModel, name: str | None) -> None:
         """Check `model` against the index's recorded one, or record it in a new index."""
         recorded = self._meta("model_id")
-        if recorded is not None and recorded != model.model_id:
+        if recorded is not None and recorded != model.model_id and not self._same_audio_side(recorded, model):
             recorded_name = self._meta("model_name") or recorded
             name = name or getattr(model, "source", None) or model.model_id
             hint = f" (or pass --model {recorded_name})" if recorded_name != name else \
@@ -215,12 +216,20 @@ class Library:
                 f"index {self.index_dir} was built with model {recorded}; you are using {model.model_id}; "
                 f"re-embed it with: audiofind index PATH --index {self.index_dir} --model {name} --rebuild"
                 f"{hint}")
-        if recorded is None:
+        if recorded != model.model_id:  # a new index, or one whose clip vectors this model shares
             with transaction(self._conn):
                 self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
                     ("model_id", model.model_id), ("dim", str(model.dim)),
+                    ("audio_model_id", getattr(model, "audio_model_id", model.model_id)),
                     ("model_name", name or getattr(model, "source", None) or model.model_id)])
         self._model = model
+
+    def _same_audio_side(self, recorded: str, model: EmbeddingModel) -> bool:
+        """Clip vectors depend only on the audio side: a model that differs in how it turns queries into
+        vectors (the text bridge) searches them as they are. Indexes older than the `audio_model_id` meta
+        key are known by their model id."""
+        theirs = self._meta("audio_model_id") or audio_model_id_of(recorded)
+        return theirs is not None and theirs == getattr(model, "audio_model_id", None)
 
     # ------------------------------------------------------------ indexing
 
