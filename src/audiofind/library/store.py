@@ -196,7 +196,7 @@ class KnownFile:
     size: int
     mtime_ns: int
     content_hash: str
-    has_text: bool = True  # False for rows of a version-1 index: their text is built on the next update
+    has_text: bool = True  # False when the row has no text record or one from older word rules: rebuilt
 
 
 # ---------------------------------------------------------------- the library
