@@ -165,6 +165,10 @@ def test_an_index_from_the_similarity_bridge_opens_with_the_default_model(tmp_pa
     assert meta["model_id"] == old.model_id and len(before) == 3
     default = load_model()
     assert default.model_id != old.model_id and default.audio_model_id == old.audio_model_id
+    with Library.open(index, default, read_only=True) as lib:  # searches, writes nothing, keeps its model
+        assert Path(lib.search("a sheep bleating", k=3, mode="audio")[0].path).name == "sheep_00.ogg"
+        assert not lib.refresh() and lib.model is default
+    assert _rows_and_meta(index) == (before, meta)
     with Library.open(index) as lib:  # loads the model the index names: "default"
         assert lib.model.model_id == default.model_id == lib.model_id
         report = lib.update([sounds], workers=0, progress=False)
