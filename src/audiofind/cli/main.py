@@ -23,6 +23,7 @@ from ..library import Library, LibraryError, SearchResult, UpdateReport
 from ..library.fusion import MODES, is_weak
 from ..library.queries import QueryError, check_filters, check_query
 from ..paths import display_path, terminal_text
+from .manage import path_text, print_root_notes
 from .options import DeviceOpt, default_index_help, resolve_device
 
 app = typer.Typer(
@@ -149,8 +150,7 @@ def print_results(results: list[SearchResult]) -> None:
     typer.echo(f"{'rank':>4}  {'score':>6}  {'dur(s)':>7}  {'tags':<40}  path")
     for rank, r in enumerate(results, 1):
         tags_col = _tags_text(r.tags)
-        typer.echo(f"{rank:>4}  {r.score:>6.3f}  {r.duration:>7.2f}  {tags_col:<40}  "
-                   f"{terminal_text(r.display_path)}")
+        typer.echo(f"{rank:>4}  {r.score:>6.3f}  {r.duration:>7.2f}  {tags_col:<40}  {path_text(r)}")
 
 
 def print_matches(results: list[SearchResult], weak: str | None = None) -> None:
@@ -164,7 +164,7 @@ def print_matches(results: list[SearchResult], weak: str | None = None) -> None:
     for rank, r in enumerate(results, 1):
         why = _why_text(r)
         typer.echo(f"{rank:>4}  {r.match or 0:>5.2f}  {r.duration:>7.2f}  {terminal_text(why):<40}  "
-                   f"{terminal_text(r.display_path)}")
+                   f"{path_text(r)}")
 
 
 def weak_match_note(found: list[SearchResult]) -> str | None:
@@ -202,7 +202,11 @@ def _summary(report: UpdateReport, stats: dict[str, Any]) -> str:
 
 @app.command("index")
 def index_cmd(
-    paths: Annotated[list[str], typer.Argument(help="Folders (searched recursively) or audio files.")],
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(help="Folders (searched recursively) or audio files; none: all indexed before.",
+                       show_default=False),
+    ] = None,
     index: IndexOpt = None,
     workers: Annotated[
         int | None,
@@ -213,23 +217,30 @@ def index_cmd(
     rebuild: Annotated[
         bool, typer.Option("--rebuild", help="Forget all clips and re-embed PATHS (after a model change).")
     ] = False,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Drop the indexed folders that no longer exist, with their clips.")
+    ] = False,
     json_out: JsonOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Add new and changed audio files under PATHS to the index; drop the ones that are gone."""
+    """Add new and changed audio files under PATHS to the index; drop the ones that are gone. With no
+    PATHS, refresh every folder indexed before (one that is gone is reported; --prune drops it)."""
+    paths = paths or []
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise fail(f"no such file or folder: {', '.join(terminal_text(display_path(p)) for p in missing)}", 2)
     dev = _device(device)
-    with errors(), Library.open(index, model=model, create=True, rebuild=rebuild, device=dev) as lib:
+    with errors(), Library.open(index, model=model, create=bool(paths), rebuild=rebuild, device=dev) as lib:
+        pruned = lib.prune_missing() if prune else None
         report = lib.update(paths, workers=workers, progress=not quiet)
         stats = lib.stats()
     if json_out:
-        _print_json(report.to_dict() | {"index": stats})
+        _print_json(report.to_dict() | {"index": stats} | ({"pruned": pruned.to_dict()} if pruned else {}))
     else:
         typer.echo(_summary(report, stats))
     for path, reason in report.skipped:
         typer.echo(f"skipped {terminal_text(path)}: {terminal_text(reason)}", err=True)
+    print_root_notes(report, pruned)
 
 
 @app.command()
@@ -366,11 +377,13 @@ def _register_subcommands() -> None:
     """The research and serving commands live in their own modules, each importing its heavy deps lazily."""
     from .data import data_app
     from .evaluate import register as register_eval
+    from .manage import register as register_manage
     from .serve import register as register_serve
     from .train import register as register_train
 
     app.add_typer(data_app, name="data")
     register_eval(app)
+    register_manage(app)
     register_train(app)
     register_serve(app)
 
