@@ -7,8 +7,8 @@ written before roots were resolved keep their paths (refreshes use the stored ro
 
 `remove` drops a root (or a file or folder under one) with its records. A folder or file inside a root
 that stays is written to the `excluded` table this module creates on first use (CREATE TABLE IF NOT
-EXISTS: no schema version change), so refreshes of that root skip it; indexing it again explicitly
-(`update([that path])`) lifts the exclusion.
+EXISTS: no schema version change), so refreshes of that root skip it, and so does indexing the root by
+name again; indexing the excluded path itself (`update([that path])`) lifts the exclusion.
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def exclusions(conn: sqlite3.Connection) -> list[str]:
 
 def plan_update(conn: sqlite3.Connection, lock: threading.RLock,
                 given: Sequence[str | os.PathLike[str]] | None) -> UpdatePlan:
-    """The roots an update walks: `given` (recorded as roots, their exclusions lifted), or, when None or
-    empty, every known root (those gone are reported in `missing`, their records kept)."""
+    """The roots an update walks: `given` (recorded as roots; one that was excluded is no more), or, when
+    None or empty, every known root (those gone are reported in `missing`, their records kept)."""
     with lock:
         ensure_schema(conn)
         if not given:
@@ -92,8 +92,8 @@ def plan_update(conn: sqlite3.Connection, lock: threading.RLock,
         with transaction(conn):
             conn.executemany("INSERT OR IGNORE INTO roots VALUES (?, ?, ?)",
                              [(os.fsencode(r), display_path(r), now_iso()) for r in roots])
-            for root in roots:  # indexing a path explicitly takes it back into the library
-                conn.execute(f"DELETE FROM excluded WHERE {_at_or_under()}", _at_or_under_args(root))
+            # indexing an excluded path by name takes it back (indexing its root again does not)
+            conn.executemany("DELETE FROM excluded WHERE path_bytes = ?", [(os.fsencode(r),) for r in roots])
         return UpdatePlan(roots, [], exclusions(conn))
 
 

@@ -303,13 +303,12 @@ _GONE = (errno.ENOENT, errno.ENOTDIR)  # vanished between listing and looking: r
 def scan_roots(roots: Sequence[str], report: UpdateReport, excluded: Sequence[str] = ()) -> Listing:
     """Every audio file under `roots`, less the paths in `excluded` -> (size, mtime_ns).
 
-    Symlinked folders are followed, each real folder once (a link back up, to another root, or a second
-    link to a folder already walked, is skipped with a reason). Special files (FIFOs, sockets, devices) with
-    an audio name are skipped with a reason and never opened. A folder or file that cannot be read for a
-    reason other than being gone is reported and listed in `unreadable`, so its stored rows are kept.
-    """
+    Symlinked folders are followed after every real one, so each real folder is walked once, by its own
+    path (a link to a folder already walked is skipped with a reason). Special files (FIFOs, sockets,
+    devices) with an audio name are skipped with a reason, never opened. A folder or file unreadable for a
+    reason other than being gone is reported and listed in `unreadable`, so its stored rows are kept."""
     found = Listing()
-    seen, skip = root_keys(roots), set(excluded)  # (dev, inode) -> the path it is walked by (roots: soon)
+    seen, skip, links = root_keys(roots), set(excluded), list[str]()  # seen: (dev, inode) -> path walked by
 
     def problem(path: str, err: OSError, what: str) -> None:
         if err.errno in _GONE:
@@ -352,7 +351,7 @@ def scan_roots(roots: Sequence[str], report: UpdateReport, excluded: Sequence[st
             except OSError:
                 is_dir = False
             if is_dir:
-                subfolders.append(entry.path)
+                (links if entry.is_symlink() else subfolders).append(entry.path)
             elif os.path.splitext(entry.name)[1].lower() in AUDIO_EXTENSIONS:
                 visit(entry.path, entry)
         for sub in subfolders:
@@ -366,6 +365,8 @@ def scan_roots(roots: Sequence[str], report: UpdateReport, excluded: Sequence[st
                 report.skipped.append((display_path(root), "not an audio file extension"))
             continue
         walk(root)
+    for link in links:  # grows while links inside linked folders are found
+        walk(link)
     return found
 
 
