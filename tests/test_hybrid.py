@@ -157,6 +157,7 @@ def test_names_and_folders_count(sfx_dir, model, tmp_path):
     copy_clip(sfx_dir, "door", sounds / "doors_door_close.ogg")
     copy_clip(sfx_dir, "cattle", sounds / "cattle_05.ogg")
     copy_clip(sfx_dir, "glass", sounds / "GLASBreak_Window Shatter_ACME_01.ogg")  # a UCS name
+    copy_clip(sfx_dir, "rain", sounds / "windleaves_10.ogg")  # a compound: no word of it is a prefix match
     with Library.open(tmp_path / "index", model, create=True) as lib:
         lib.update([sounds], workers=0, progress=False)
         first = {q: Path(lib.search(q, k=1)[0].path).name for q in
@@ -168,6 +169,8 @@ def test_names_and_folders_count(sfx_dir, model, tmp_path):
         assert record["name"] == "fs gravel" and record["folders"] == "foley footsteps"
         ucs = lib.find(sounds / "GLASBreak_Window Shatter_ACME_01.ogg").words
         assert "glass" in ucs["ucs_category"].lower() and "window shatter" in ucs["name"]
+        leaves = lib.search("leaves rustling", k=1, mode="text")[0]
+        assert Path(leaves.path).name == "windleaves_10.ogg" and leaves.why["words"] == ["leaves"]
         assert lib.search('door" OR * NEAR(x y) -slam col:name ^start', k=1, mode="text")  # words, not syntax
         hit = lib.search("footsteps on gravel", k=1)[0]
         assert set(hit.why["words"]) == {"footsteps", "gravel"} and hit.why["tags"]
@@ -242,4 +245,25 @@ def test_an_index_from_before_text_records_is_completed_on_update(sfx_dir, model
         assert report.unchanged == 2 and report.embedded == 0  # no audio work: only the text is built
         [door] = lib.search("door closing", k=1, mode="text")
         assert Path(door.path).name == "doors_door_close.ogg"
+    in_step(index)
+
+
+def test_records_from_older_word_rules_are_rebuilt_without_decoding(sfx_dir, model, tmp_path):
+    sounds = tmp_path / "sounds"
+    copy_clip(sfx_dir, "rain", sounds / "windleaves_10.ogg")
+    index = tmp_path / "index"
+    with Library.open(index, model, create=True) as lib:
+        lib.update([sounds], workers=0, progress=False)
+    with sqlite3.connect(index / DB_NAME) as conn:  # a record written before compounds were split
+        [(text,)] = conn.execute("SELECT text FROM files").fetchall()
+        old = json.loads(text)
+        del old["version"]
+        old["words"]["name"], old["fts"]["name"] = "windleaves", "windleav"
+        conn.execute("UPDATE files SET text = ?", (json.dumps(old),))
+    with Library.open(index, model) as lib:
+        assert not lib.search("leaves", k=1, mode="text")
+        report = lib.update([sounds], workers=0, progress=False)
+        assert report.unchanged == 1 and report.embedded == 0
+        [hit] = lib.search("leaves", k=1, mode="text")
+        assert lib.find(hit.path).words["name"] == "windleaves wind leaves" and hit.name_score > 0
     in_step(index)

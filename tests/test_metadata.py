@@ -57,6 +57,13 @@ from audiofind.library.metadata import (
         ("some/dir/metal_hit.wav", "metal hit"),
         ("AMBForst_Birds morning.wav", "amb forst birds morning"),
         # names that carry no words
+        # run-together words keep the compound and add its parts; guesses with short parts are dropped
+        ("windleaves_10.ogg", "windleaves wind leaves"),
+        ("doorslam.wav", "doorslam door slam"),
+        ("siegeprojectilehit_02.ogg", "siegeprojectilehit siege projectile hit"),
+        ("hatchet.ogg", "hatchet"),
+        ("cracky.ogg", "cracky"),
+        ("onager_moving_11.ogg", "onager moving"),
         ("3f9a0c1bde77.wav", ""),
         ("deadbeef01ab.wav", ""),
         ("550e8400-e29b-41d4-a716-446655440000.wav", ""),
@@ -86,7 +93,7 @@ def test_filename_words(name: str, words: str) -> None:
     ("relative_dir", "words"),
     [
         ("Foley/Footsteps/Gravel_Outdoor", "foley footsteps gravel outdoor"),
-        ("usr/share/sounds/freedesktop/stereo", "usr share freedesktop"),
+        ("usr/share/sounds/freedesktop/stereo", "usr share freedesktop free desktop"),
         ("Sound Effects\\Weather\\heavyRain", "weather heavy rain"),
         ("ZOOM0001/Take 3", ""),
         ("animals/dogs/dogs", "animals dogs"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -19,11 +20,11 @@ from typing import Annotated, Any
 import typer
 
 from .. import __version__
-from ..library import Library, LibraryError, SearchResult, UpdateReport
+from ..library import Library, LibraryError, SearchResult, UpdateReport, damaged_message
 from ..library.fusion import MODES, is_weak
 from ..library.queries import QueryError, check_filters, check_query
 from ..paths import display_path, terminal_text
-from .manage import path_text, print_root_notes
+from .manage import IndexPathsArg, PruneOpt, path_text, print_index_notes
 from .options import DeviceOpt, default_index_help, resolve_device
 
 app = typer.Typer(
@@ -103,9 +104,11 @@ def errors() -> Iterator[None]:
     except (UsageError, QueryError) as e:
         raise fail(str(e), 2) from None
     except (LibraryError, FileNotFoundError, ValueError) as e:  # AudioDecodeError is a ValueError
-        raise fail(str(e), 1) from None
+        raise fail(str(e), getattr(e, "exit_code", 1)) from None
     except KeyError as e:
         raise fail(str(e.args[0]) if e.args else "not found", 1) from None
+    except sqlite3.DatabaseError as e:  # damaged pages, found only when a query reaches them
+        raise fail(damaged_message(e), 1) from None
 
 
 def _filters(min_duration: float | None, max_duration: float | None,
@@ -162,9 +165,8 @@ def print_matches(results: list[SearchResult], weak: str | None = None) -> None:
         return
     typer.echo(f"{'rank':>4}  {'match':>5}  {'dur(s)':>7}  {'why':<40}  path")
     for rank, r in enumerate(results, 1):
-        why = _why_text(r)
-        typer.echo(f"{rank:>4}  {r.match or 0:>5.2f}  {r.duration:>7.2f}  {terminal_text(why):<40}  "
-                   f"{path_text(r)}")
+        why = terminal_text(_why_text(r))
+        typer.echo(f"{rank:>4}  {r.match or 0:>5.2f}  {r.duration:>7.2f}  {why:<40}  {path_text(r)}")
 
 
 def weak_match_note(found: list[SearchResult]) -> str | None:
@@ -202,11 +204,7 @@ def _summary(report: UpdateReport, stats: dict[str, Any]) -> str:
 
 @app.command("index")
 def index_cmd(
-    paths: Annotated[
-        list[str] | None,
-        typer.Argument(help="Folders (searched recursively) or audio files; none: all indexed before.",
-                       show_default=False),
-    ] = None,
+    paths: IndexPathsArg = None,
     index: IndexOpt = None,
     workers: Annotated[
         int | None,
@@ -217,30 +215,31 @@ def index_cmd(
     rebuild: Annotated[
         bool, typer.Option("--rebuild", help="Forget all clips and re-embed PATHS (after a model change).")
     ] = False,
-    prune: Annotated[
-        bool, typer.Option("--prune", help="Drop the indexed folders that no longer exist, with their clips.")
-    ] = False,
+    prune: PruneOpt = False,
     json_out: JsonOpt = False,
     device: DeviceOpt = "auto",
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Exit (code 75) instead of waiting while another run writes the "
+                           "index.")
+    ] = False,
 ) -> None:
     """Add new and changed audio files under PATHS to the index; drop the ones that are gone. With no
-    PATHS, refresh every folder indexed before (one that is gone is reported; --prune drops it)."""
+    PATHS, refresh every folder indexed before (one that is gone is reported; --prune drops it).
+    One run writes an index at a time: a second waits for the first unless --no-wait."""
     paths = paths or []
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise fail(f"no such file or folder: {', '.join(terminal_text(display_path(p)) for p in missing)}", 2)
     dev = _device(device)
     with errors(), Library.open(index, model=model, create=bool(paths), rebuild=rebuild, device=dev) as lib:
-        pruned = lib.prune_missing() if prune else None
-        report = lib.update(paths, workers=workers, progress=not quiet)
+        pruned = lib.prune_missing(wait=not no_wait) if prune else None
+        report = lib.update(paths, workers=workers, progress=not quiet, wait=not no_wait)
         stats = lib.stats()
     if json_out:
         _print_json(report.to_dict() | {"index": stats} | ({"pruned": pruned.to_dict()} if pruned else {}))
     else:
         typer.echo(_summary(report, stats))
-    for path, reason in report.skipped:
-        typer.echo(f"skipped {terminal_text(path)}: {terminal_text(reason)}", err=True)
-    print_root_notes(report, pruned)
+    print_index_notes(report, pruned)
 
 
 @app.command()

@@ -19,8 +19,20 @@ def path_text(r: SearchResult) -> str:
     return terminal_text(r.display_path) + more
 
 
-def print_root_notes(report: UpdateReport, pruned: RemovalReport | None) -> None:
-    """One line on stderr per root pruned, and per root gone (kept until pruned)."""
+IndexPathsArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="Folders (searched recursively) or audio files; none: all indexed before.",
+                   show_default=False),
+]
+PruneOpt = Annotated[
+    bool, typer.Option("--prune", help="Drop the indexed folders that no longer exist, with their clips.")
+]
+
+
+def print_index_notes(report: UpdateReport, pruned: RemovalReport | None) -> None:
+    """One line on stderr per file skipped (with why), per root pruned, and per root gone (kept)."""
+    for path, reason in report.skipped:
+        typer.echo(f"skipped {terminal_text(path)}: {terminal_text(reason)}", err=True)
     for root in pruned.roots if pruned else []:
         typer.echo(f"pruned {terminal_text(root)}: it no longer exists", err=True)
     if pruned and pruned.roots:

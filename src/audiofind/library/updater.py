@@ -4,7 +4,8 @@ Unchanged files are skipped by (size, mtime); changed ones are hashed, and only 
 before goes through the model. Moved files keep their vector (same content hash), copies reuse it.
 Every row written carries the file's text record (`metadata.build_text_record`: name, folders, tags),
 which triggers mirror into the FTS5 table in the same transaction. Row changes go through a `Writer`,
-so a crash loses at most a few seconds of work.
+so a crash loses at most a few seconds of work. It is longer than 400 lines because the per-file decision
+(unchanged, moved, copied, changed, failed, too short) is one pass that reads best in one place.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from ..audio import AUDIO_EXTENSIONS, special_file_kind
 from ..paths import display_path
 from .manage import outermost, root_keys
-from .metadata import build_text_record
+from .metadata import TEXT_RECORD_VERSION, build_text_record
 from .records import Progress, UpdateReport
 from .store import UPSERT, KnownFile, Writer, prefix_range, tags_json, vector_blob
 from .workers import (
@@ -63,7 +64,8 @@ class Updater:
         path = os.fsdecode(path_b)
         under = [r for r in self.roots if os.path.isdir(r) and path.startswith(r.rstrip(os.sep) + os.sep)]
         record = build_text_record(path, max(under, key=len) if under else os.path.dirname(path))
-        return json.dumps({"words": record.to_dict(), "fts": record.fts_columns()}, ensure_ascii=False)
+        return json.dumps({"words": record.to_dict(), "fts": record.fts_columns(),
+                           "version": TEXT_RECORD_VERSION}, ensure_ascii=False)
 
     def run(self, abs_roots: Sequence[str], report: UpdateReport, *, workers: int, progress: bool | Progress,
             batch_size: int, max_duration: float | None, excluded: Sequence[str] = ()) -> int:
@@ -77,8 +79,8 @@ class Updater:
             return any(path_b == u or path_b.startswith(u.rstrip(b"/") + b"/") for u in unreadable)
         with self.lock:
             known = {p: KnownFile(*rest) for p, *rest in self._rows_under(
-                abs_roots, "SELECT path_bytes, id, size, mtime_ns, content_hash, text IS NOT NULL "
-                           "FROM files")}
+                abs_roots, "SELECT path_bytes, id, size, mtime_ns, content_hash, coalesce(json_extract("
+                           f"text, '$.version') = {TEXT_RECORD_VERSION}, 0) FROM files")}
             failed = {p: rest for p, *rest in self._rows_under(
                 abs_roots, "SELECT path_bytes, size, mtime_ns, reason FROM failures")
                 if not rest[2].startswith(_ENVIRONMENT_REASONS)}  # older indexes stored these: retry them
@@ -101,8 +103,9 @@ class Updater:
                 rec = known.get(path_b)
                 if rec is not None and rec.size == size and rec.mtime_ns == mtime_ns:
                     report.unchanged += 1
-                    if not rec.has_text:  # an index from before text records: no decoding needed
-                        writer.add("UPDATE files SET text = ? WHERE id = ?", (self.text(path_b), rec.id))
+                    if not rec.has_text:  # no record, or one from older word rules: no decoding needed
+                        writer.add("UPDATE files SET text = ?, name_vector = NULL WHERE id = ?",
+                                   (self.text(path_b), rec.id))
                 elif rec is None and failed.get(path_b, [None])[:2] == [size, mtime_ns]:
                     report.skipped.append((display_path(path_b), failed[path_b][2]))  # known bad, unchanged
                 else:
