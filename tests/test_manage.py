@@ -383,3 +383,20 @@ def test_copies_reach_the_cli_and_the_api(real, monkeypatch):
         body = httpx.get(f"{live.url}/api/search", params={"q": "tavern", "mode": "text"}, timeout=60).json()
     tavern = next(h for h in body["results"] if h["duplicates"])
     assert tavern["duplicates"] == 1 and tavern["path"] == tavern["paths"][0] and len(tavern["paths"]) == 2
+
+
+def test_remove_and_prune_take_the_write_lock(tmp_path, fake):
+    from audiofind.library.activity import UpdateActivity
+    from audiofind.library.records import IndexBusyError
+
+    a = tmp_path / "a"
+    copy(CLIPS[0], a)
+    with Library.open(tmp_path / "index", fake, create=True) as lib:
+        lib.update([a], workers=0, progress=False)
+        with UpdateActivity(lib.index_dir):  # another writer's run in progress
+            with pytest.raises(IndexBusyError):
+                lib.remove([a], wait=False)
+            with pytest.raises(IndexBusyError):
+                lib.prune_missing(wait=False)
+            assert len(lib) == 1 and lib.roots() == [str(a)]
+        assert lib.remove([a], wait=False).clips == 1 and len(lib) == 0
