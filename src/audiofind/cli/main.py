@@ -20,6 +20,7 @@ import typer
 from .. import __version__
 from ..paths import display_path, terminal_text
 from .failures import UsageError, errors, exit_quickly, fail
+from .manage import IndexPathsArg, PruneOpt, path_text, print_index_notes
 from .options import DeviceOpt, default_index_help, resolve_device
 
 if TYPE_CHECKING:  # imported inside the commands: `audiofind --help` loads no numpy, FAISS or SQLite code
@@ -128,8 +129,7 @@ def print_results(results: list[SearchResult]) -> None:
     typer.echo(f"{'rank':>4}  {'score':>6}  {'dur(s)':>7}  {'tags':<40}  path")
     for rank, r in enumerate(results, 1):
         tags_col = _tags_text(r.tags)
-        typer.echo(f"{rank:>4}  {r.score:>6.3f}  {r.duration:>7.2f}  {tags_col:<40}  "
-                   f"{terminal_text(r.display_path)}")
+        typer.echo(f"{rank:>4}  {r.score:>6.3f}  {r.duration:>7.2f}  {tags_col:<40}  {path_text(r)}")
 
 
 def print_matches(results: list[SearchResult], weak: str | None = None) -> None:
@@ -141,9 +141,8 @@ def print_matches(results: list[SearchResult], weak: str | None = None) -> None:
         return
     typer.echo(f"{'rank':>4}  {'match':>5}  {'dur(s)':>7}  {'why':<40}  path")
     for rank, r in enumerate(results, 1):
-        why = _why_text(r)
-        typer.echo(f"{rank:>4}  {r.match or 0:>5.2f}  {r.duration:>7.2f}  {terminal_text(why):<40}  "
-                   f"{terminal_text(r.display_path)}")
+        why = terminal_text(_why_text(r))
+        typer.echo(f"{rank:>4}  {r.match or 0:>5.2f}  {r.duration:>7.2f}  {why:<40}  {path_text(r)}")
 
 
 def weak_match_note(found: list[SearchResult]) -> str | None:
@@ -183,7 +182,7 @@ def _summary(report: UpdateReport, stats: dict[str, Any]) -> str:
 
 @app.command("index")
 def index_cmd(
-    paths: Annotated[list[str], typer.Argument(help="Folders (searched recursively) or audio files.")],
+    paths: IndexPathsArg = None,
     index: IndexOpt = None,
     workers: Annotated[
         int | None,
@@ -194,6 +193,7 @@ def index_cmd(
     rebuild: Annotated[
         bool, typer.Option("--rebuild", help="Forget all clips and re-embed PATHS (after a model change).")
     ] = False,
+    prune: PruneOpt = False,
     json_out: JsonOpt = False,
     device: DeviceOpt = "auto",
     no_wait: Annotated[
@@ -201,25 +201,25 @@ def index_cmd(
                            "index.")
     ] = False,
 ) -> None:
-    """Add new and changed audio files under PATHS to the index; drop the ones that are gone.
-
-    One run writes an index at a time: a second waits for the first unless --no-wait.
-    """
+    """Add new and changed audio files under PATHS to the index; drop the ones that are gone. With no
+    PATHS, refresh every folder indexed before (one that is gone is reported; --prune drops it).
+    One run writes an index at a time: a second waits for the first unless --no-wait."""
+    paths = paths or []
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise fail(f"no such file or folder: {', '.join(terminal_text(display_path(p)) for p in missing)}", 2)
     from ..library import Library
 
     dev = _device(device)
-    with errors(), Library.open(index, model=model, create=True, rebuild=rebuild, device=dev) as lib:
+    with errors(), Library.open(index, model=model, create=bool(paths), rebuild=rebuild, device=dev) as lib:
+        pruned = lib.prune_missing(wait=not no_wait) if prune else None
         report = lib.update(paths, workers=workers, progress=not quiet, wait=not no_wait)
         stats = lib.stats()
     if json_out:
-        _print_json(report.to_dict() | {"index": stats})
+        _print_json(report.to_dict() | {"index": stats} | ({"pruned": pruned.to_dict()} if pruned else {}))
     else:
         typer.echo(_summary(report, stats))
-    for path, reason in report.skipped:
-        typer.echo(f"skipped {terminal_text(path)}: {terminal_text(reason)}", err=True)
+    print_index_notes(report, pruned)
 
 
 @app.command()
@@ -368,11 +368,13 @@ def _register_subcommands() -> None:
     """The research and serving commands live in their own modules, each importing its heavy deps lazily."""
     from .data import data_app
     from .evaluate import register as register_eval
+    from .manage import register as register_manage
     from .serve import register as register_serve
     from .train import register as register_train
 
     app.add_typer(data_app, name="data")
     register_eval(app)
+    register_manage(app)
     register_train(app)
     register_serve(app)
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..audio import AUDIO_EXTENSIONS, special_file_kind
 from ..paths import display_path
+from .manage import outermost, root_keys
 from .metadata import TEXT_RECORD_VERSION, build_text_record
 from .records import Progress, UpdateReport
 from .store import UPSERT, KnownFile, Writer, prefix_range, tags_json, vector_blob
@@ -67,10 +68,10 @@ class Updater:
                            "version": TEXT_RECORD_VERSION}, ensure_ascii=False)
 
     def run(self, abs_roots: Sequence[str], report: UpdateReport, *, workers: int, progress: bool | Progress,
-            batch_size: int, max_duration: float | None) -> int:
-        """Bring the rows under `abs_roots` in line with the files there; returns the commits made."""
+            batch_size: int, max_duration: float | None, excluded: Sequence[str] = ()) -> int:
+        """Bring the rows under `abs_roots` (less `excluded`) in line with their files; returns commits."""
         self.roots = list(abs_roots)
-        listing = scan_roots(abs_roots, report)
+        listing = scan_roots(outermost(abs_roots, excluded), report, excluded)
         # what could not be listed this time (permissions, a flaky share) keeps its rows: absence unproven
         unreadable = [os.fsencode(p) for p in getattr(listing, "unreadable", ())]
 
@@ -290,8 +291,6 @@ class Updater:
                 report.updated += path_b in known
                 report.added += path_b not in known
 
-    # ------------------------------------------------------------ the FAISS side
-
 
 class Listing(dict):
     """path bytes -> (size, mtime_ns), plus the folders and files that could not be read this time."""
@@ -304,16 +303,15 @@ class Listing(dict):
 _GONE = (errno.ENOENT, errno.ENOTDIR)  # vanished between listing and looking: really gone
 
 
-def scan_roots(roots: Sequence[str], report: UpdateReport) -> Listing:
-    """Every audio file under `roots` -> (size, mtime_ns).
+def scan_roots(roots: Sequence[str], report: UpdateReport, excluded: Sequence[str] = ()) -> Listing:
+    """Every audio file under `roots`, less the paths in `excluded` -> (size, mtime_ns).
 
-    Symlinked folders are followed, each real folder once (a link back up, or a second link to a folder
-    already walked, is skipped with a reason). Special files (FIFOs, sockets, devices) with an audio
-    name are skipped with a reason and never opened. A folder or file that cannot be read for a reason
-    other than being gone is reported and listed in `unreadable`, so its stored rows are kept.
-    """
+    Symlinked folders are followed after every real one, so each real folder is walked once, by its own
+    path (a link to a folder already walked is skipped with a reason). Special files (FIFOs, sockets,
+    devices) with an audio name are skipped with a reason, never opened. A folder or file unreadable for a
+    reason other than being gone is reported and listed in `unreadable`, so its stored rows are kept."""
     found = Listing()
-    seen: dict[tuple[int, int], str] = {}
+    seen, skip, links = root_keys(roots), set(excluded), list[str]()  # seen: (dev, inode) -> path walked by
 
     def problem(path: str, err: OSError, what: str) -> None:
         if err.errno in _GONE:
@@ -338,11 +336,10 @@ def scan_roots(roots: Sequence[str], report: UpdateReport) -> Listing:
         try:
             st = os.stat(folder)
             key = (st.st_dev, st.st_ino)
-            if key in seen:
+            if seen.setdefault(key, folder) != folder:
                 report.skipped.append((display_path(folder), f"symlinked folder not followed: it leads to "
                                                               f"{display_path(seen[key])}, already indexed"))
                 return
-            seen[key] = folder
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
@@ -350,12 +347,14 @@ def scan_roots(roots: Sequence[str], report: UpdateReport) -> Listing:
             return
         subfolders = []
         for entry in entries:
+            if entry.path in skip:
+                continue
             try:
                 is_dir = entry.is_dir()  # follows links
             except OSError:
                 is_dir = False
             if is_dir:
-                subfolders.append(entry.path)
+                (links if entry.is_symlink() else subfolders).append(entry.path)
             elif os.path.splitext(entry.name)[1].lower() in AUDIO_EXTENSIONS:
                 visit(entry.path, entry)
         for sub in subfolders:
@@ -369,6 +368,8 @@ def scan_roots(roots: Sequence[str], report: UpdateReport) -> Listing:
                 report.skipped.append((display_path(root), "not an audio file extension"))
             continue
         walk(root)
+    for link in links:  # grows while links inside linked folders are found
+        walk(link)
     return found
 
 
