@@ -437,10 +437,15 @@ class Library:
             vectors = np.asarray(vectors, dtype=np.float32)
             return self._hybrid.search(list(queries), vectors, k, mode, sentences, **filters)
 
-    def search_vector(self, vector: np.ndarray, k: int = 10, **filters: Any) -> list[SearchResult]:
-        """Search with a vector from the index's own space (e.g. an embedded clip)."""
+    def search_vector(self, vector: np.ndarray, k: int = 10, *, exclude_content: str | None = None,
+                      **filters: Any) -> list[SearchResult]:
+        """Search with a vector from the index's own space (e.g. an embedded clip); clips whose content hash
+        is `exclude_content` (the query file itself and its copies) are left out."""
         filters = check_search((), k, filters)[1]
-        return self._vectors.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k, **filters)[0]
+        with self._lock:
+            exclude = self._vectors.ids_with_content(exclude_content) if exclude_content else set()
+        return self._vectors.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k, exclude=exclude,
+                                    **filters)[0]
 
     def find(self, path: str | os.PathLike[str]) -> ClipRecord | None:
         """The record of an indexed file by its path, or None."""
@@ -466,16 +471,14 @@ class Library:
                 path = abspath(clip)
                 if not os.path.exists(path):
                     raise FileNotFoundError(f"no such file: {display_path(path)}")
-                digest = _content_hash(path)
+                digest = content_hash(path)
                 with self._lock:
                     vector = self._vectors.vector_of_content(digest) if digest else None
                 if vector is None:
                     model = self.model
                     wave, _ = load_audio(path, sample_rate=model.sample_rate)
                     vector = model.embed_audio([wave]).vectors[0]
-        with self._lock:
-            exclude = self._vectors.ids_with_content(digest) if digest else set()
-        return self._vectors.search(vector.reshape(1, -1), k, exclude=exclude, **filters)[0]
+        return self.search_vector(vector, k, exclude_content=digest, **filters)
 
     @property
     def sentences(self) -> TextEncoder:
@@ -526,7 +529,7 @@ class Library:
             }
 
 
-def _content_hash(path: str) -> str | None:
+def content_hash(path: str | os.PathLike[str]) -> str | None:
     """The blake2b digest the index keys content by, or None when the file cannot be read (decoding
     then reports why)."""
     try:
