@@ -215,6 +215,12 @@ def index_cmd(
     ] = False,
     json_out: JsonOpt = False,
     device: DeviceOpt = "auto",
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", metavar="ADDRESS", help="Hash, decode and embed on a Ray cluster: 'auto', "
+                     "ray://HEAD:10001, HEAD:6379 or 'local'; PATHS must be readable there at the same "
+                     "place. -j: its workers (default: one per CPU, or per GPU)."),
+    ] = None,
 ) -> None:
     """Add new and changed audio files under PATHS to the index; drop the ones that are gone."""
     missing = [p for p in paths if not os.path.exists(p)]
@@ -222,7 +228,7 @@ def index_cmd(
         raise fail(f"no such file or folder: {', '.join(terminal_text(display_path(p)) for p in missing)}", 2)
     dev = _device(device)
     with errors(), Library.open(index, model=model, create=True, rebuild=rebuild, device=dev) as lib:
-        report = lib.update(paths, workers=workers, progress=not quiet)
+        report = lib.update(paths, workers=workers, progress=not quiet, ray=ray)
         stats = lib.stats()
     if json_out:
         _print_json(report.to_dict() | {"index": stats})

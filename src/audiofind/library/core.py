@@ -56,6 +56,7 @@ from .workers import default_workers
 if TYPE_CHECKING:
     from ..models import EmbeddingModel
     from ..models.encoders.text import TextEncoder
+    from .ray_executor import RayExecutor
 
 
 class Library:
@@ -232,6 +233,7 @@ class Library:
         progress: bool | Progress = True,
         batch_size: int = 64,
         max_duration: float | None = None,
+        ray: str | RayExecutor | None = None,
     ) -> UpdateReport:
         """Bring the index in line with the audio files under `roots` (folders or single files).
 
@@ -243,9 +245,18 @@ class Library:
         `truncated`; `math.inf`: no cap). Unreadable folders keep their records, files that fail for the
         environment's sake (permissions, I/O) are retried next run, and a decoder process that dies costs
         only the file that killed it. `progress` is a tqdm bar on stderr (True), nothing (False), or a
-        callback receiving dicts.
+        callback receiving dicts. `ray`: a Ray cluster address ("auto", "ray://HOST:10001", "local") or a
+        `ray_executor.RayExecutor` spreads hashing, decoding and embedding over the cluster's workers
+        (`workers` of them; None: one per CPU, or per GPU), which read the files at these paths (a shared
+        filesystem); the rows are written here, by the same rules.
         """
         start = time.monotonic()
+        executor = None
+        if ray is not None:
+            from .ray_executor import as_executor
+
+            model_id = self.model_id or self.model.model_id  # a new index records its model first
+            executor = as_executor(ray, workers).bind(self._meta("model_name") or model_id, model_id)
         workers = default_workers() if workers is None else workers
         report = UpdateReport()
         abs_roots = [abspath(r).rstrip(os.sep) or os.sep for r in roots]
@@ -258,12 +269,14 @@ class Library:
         commits = 0
         activity = UpdateActivity(self.index_dir).__enter__()  # /api/status: an index run in progress
         try:
-            commits = Updater(self._conn, self._lock, lambda: self.model).run(
+            commits = Updater(self._conn, self._lock, lambda: self.model, executor).run(
                 abs_roots, report, workers=workers, progress=activity.wrap(progress), batch_size=batch_size,
                 max_duration=max_duration)
             commits += fill_name_vectors(self._conn, self._lock, lambda texts: self.sentences.encode(texts))
         finally:
             activity.__exit__()
+            if executor is not None and executor is not ray:
+                executor.close()  # one the caller made stays up for its next update
             with self._lock, transaction(self._conn):
                 seconds = float(self._meta("build_seconds") or 0) + time.monotonic() - start
                 self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('build_seconds', ?)",
