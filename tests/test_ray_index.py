@@ -12,6 +12,7 @@ import functools
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -183,3 +184,17 @@ def test_cli_index_with_ray_address(tmp_path: Path, sounds: Path, cluster: RayEx
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=WAIT_SECONDS)
     assert proc.returncode == 0, proc.stderr
     assert f'"embedded": {len(CLIPS)}' in proc.stdout
+
+
+def test_cli_names_an_unreachable_cluster_in_one_line(tmp_path: Path, sounds: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "audiofind.cli", "index", str(sounds), "--index", str(tmp_path / "idx"),
+           "--ray", f"127.0.0.1:{port}", "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=WAIT_SECONDS)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"audiofind: no Ray cluster at 127.0.0.1:{port}: cannot reach 127.0.0.1:{port}: Connection refused "
+        "(start one with: ray start --head)"]

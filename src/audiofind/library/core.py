@@ -255,8 +255,9 @@ class Library:
         if ray is not None:
             from .ray_executor import as_executor
 
+            executor = as_executor(ray, workers)  # connects first: a wrong address fails before any work
             model_id = self.model_id or self.model.model_id  # a new index records its model first
-            executor = as_executor(ray, workers).bind(self._meta("model_name") or model_id, model_id)
+            executor.bind(self._meta("model_name") or model_id, model_id)
         workers = default_workers() if workers is None else workers
         report = UpdateReport()
         abs_roots = [abspath(r).rstrip(os.sep) or os.sep for r in roots]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ LOST = "the Ray worker indexing this file was lost, twice (a crash, an out-of-me
 TASK_FILES = 32  # files per embedding task: one model batch on the actor, the most a lost actor costs
 HASH_FILES = 64  # files per hashing task
 IN_FLIGHT = 2  # tasks queued per actor: one running, the next one ready beside it
+CONNECT_SECONDS = 10.0  # a cluster's GCS port must accept a connection within this
 START_SECONDS = 300.0  # how long a run with no live actor waits for one to be placed before giving up
 
 Hook = Callable[[str, list[str]], None]  # (method, paths), run on the actor before each task
@@ -191,10 +193,11 @@ class RayExecutor:
         ray = _ray()
         if not ray.is_initialized():
             try:
+                _reachable(self.address)
                 ray.init(address=None if self.address == "local" else self.address, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ClusterError(f"no Ray cluster at {self.address}: {first} "
+                first = str(e).strip().split(". ")[0].splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ClusterError(f"no Ray cluster at {self.address}: {first.rstrip('.')} "
                                    "(start one with: ray start --head)") from None
             self._owns_connection = True
         return ray
@@ -286,6 +289,17 @@ class RayExecutor:
             yield from zip(batch, results, strict=True)
 
 
+def _reachable(address: str) -> None:
+    """Fail fast on a HOST:PORT nobody listens on (Ray itself retries it for minutes)."""
+    host, _, port = address.rpartition(":")
+    if address.startswith("ray://") or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as e:
+        raise ConnectionError(f"cannot reach {address}: {e.strerror or e}") from None
+
+
 def _ray() -> Any:
     try:
         import ray
@@ -295,5 +309,7 @@ def _ray() -> Any:
 
 
 def as_executor(ray: str | RayExecutor, workers: int | None) -> RayExecutor:
-    """`Library.update`'s `ray` argument as an executor: an address, or an executor made by the caller."""
-    return ray if isinstance(ray, RayExecutor) else RayExecutor(ray, workers=workers)
+    """`Library.update`'s `ray` argument as a connected executor: from an address, or the caller's own."""
+    executor = ray if isinstance(ray, RayExecutor) else RayExecutor(ray, workers=workers)
+    executor._connect()
+    return executor
