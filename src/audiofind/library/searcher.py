@@ -45,6 +45,7 @@ class VectorSearcher:
         self._present = f"length({column}) > 0"
         self._index: faiss.Index | None = None
         self._index_generation = -1
+        self.persist = True  # False for a read-only index: build in memory, write no cache file
 
     def _generation(self) -> int:
         return int(read_meta(self.conn, "generation") or 0)
@@ -96,6 +97,8 @@ class VectorSearcher:
         trained = self._reusable_ivf(len(ids)) if kind == "ivf" else None
         index = build_faiss_index(vectors, ids, kind, nprobe=self.nprobe, trained=trained)
         self._index, self._index_generation = index, generation
+        if not self.persist:
+            return
         try:
             write_faiss_file(path, index, {"generation": generation, "kind": kind, "count": int(len(ids)),
                                             "model_id": read_meta(self.conn, "model_id")})

@@ -7,8 +7,8 @@ which triggers mirror into the FTS5 table in the same transaction. Row changes g
 so a crash loses at most a few seconds of work. Hashing, decoding and embedding run here and in local
 processes, or on a Ray cluster (`ray_executor.RayExecutor`); the rows are written here either way.
 
-It is longer than 400 lines because the incremental rules (planning, moves, copies, failures, row
-writes) are one set, shared by the local and the Ray executors, and splitting them would split the rules.
+It is longer than 400 lines because the per-file decision (unchanged, moved, copied, changed, failed, too
+short) is one pass that reads best in one place, and the local and the Ray executors share its writes.
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ class Updater:
     """One `Library.update` run over a set of roots: plans from the stored rows, then writes the changes."""
 
     def __init__(self, conn: sqlite3.Connection, lock: threading.RLock,
-                 model: Callable[[], EmbeddingModel], executor: RayExecutor | None = None) -> None:
+                 model: Callable[[], EmbeddingModel]) -> None:
         self.conn, self.lock, self.model = conn, lock, model  # the model loads only if audio is new
-        self.executor = executor  # None: hash in threads, decode in local processes, embed here
+        self.executor: RayExecutor | None = None  # None: hash in threads, decode in processes, embed here
         self.roots: list[str] = []
 
     def text(self, path_b: bytes) -> str:
@@ -72,9 +72,9 @@ class Updater:
                            "version": TEXT_RECORD_VERSION}, ensure_ascii=False)
 
     def run(self, abs_roots: Sequence[str], report: UpdateReport, *, workers: int, progress: bool | Progress,
-            batch_size: int, max_duration: float | None) -> int:
+            batch_size: int, max_duration: float | None, executor: RayExecutor | None = None) -> int:
         """Bring the rows under `abs_roots` in line with the files there; returns the commits made."""
-        self.roots = list(abs_roots)
+        self.roots, self.executor = list(abs_roots), executor
         listing = scan_roots(abs_roots, report)
         # what could not be listed this time (permissions, a flaky share) keeps its rows: absence unproven
         unreadable = [os.fsencode(p) for p in getattr(listing, "unreadable", ())]
