@@ -24,7 +24,7 @@ from ..library import Library, LibraryError, SearchResult, UpdateReport, damaged
 from ..library.fusion import MODES, is_weak
 from ..library.queries import QueryError, check_filters, check_query
 from ..paths import display_path, terminal_text
-from .options import DeviceOpt, default_index_help, resolve_device
+from .options import DeviceOpt, RayOpt, default_index_help, resolve_device
 
 app = typer.Typer(
     name="audiofind",
@@ -222,12 +222,7 @@ def index_cmd(
         bool, typer.Option("--no-wait", help="Exit (code 75) instead of waiting while another run writes the "
                            "index.")
     ] = False,
-    ray: Annotated[
-        str | None,
-        typer.Option("--ray", metavar="ADDRESS", help="Hash, decode and embed on a Ray cluster: 'auto', "
-                     "ray://HEAD:10001, HEAD:6379 or 'local'; PATHS must be readable there at the same "
-                     "place. -j: its workers (default: one per CPU, or per GPU)."),
-    ] = None,
+    ray: RayOpt = None,
 ) -> None:
     """Add new and changed audio files under PATHS to the index; drop the ones that are gone.
 
