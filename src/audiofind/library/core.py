@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..audio import load_audio
-from ..models import sentence_encoder
+from ..models import audio_model_id_of, sentence_encoder
 from ..paths import display_path
 from .activity import STAGING_NAME, UpdateActivity, clean_leftovers
 from .collections import Collections
@@ -218,7 +218,7 @@ class Library:
     def _adopt_model(self, model: EmbeddingModel, name: str | None) -> None:
         """Check `model` against the index's recorded one, or record it in a new index."""
         recorded = self._meta("model_id")
-        if recorded is not None and recorded != model.model_id:
+        if recorded is not None and recorded != model.model_id and not self._same_audio_side(recorded, model):
             recorded_name = self._meta("model_name") or recorded
             name = name or getattr(model, "source", None) or model.model_id
             hint = f" (or pass --model {recorded_name})" if recorded_name != name else \
@@ -227,12 +227,20 @@ class Library:
                 f"index {self.index_dir} was built with model {recorded}; you are using {model.model_id}; "
                 f"re-embed it with: audiofind index PATH --index {self.index_dir} --model {name} --rebuild"
                 f"{hint}")
-        if recorded is None:
+        if recorded != model.model_id and not self.read_only:  # new, or its clip vectors fit this model
             with transaction(self._conn):
                 self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
                     ("model_id", model.model_id), ("dim", str(model.dim)),
+                    ("audio_model_id", getattr(model, "audio_model_id", model.model_id)),
                     ("model_name", name or getattr(model, "source", None) or model.model_id)])
         self._model = model
+
+    def _same_audio_side(self, recorded: str, model: EmbeddingModel) -> bool:
+        """Clip vectors depend only on the audio side: a model that differs in how it turns queries into
+        vectors (the text bridge) searches them as they are. Indexes older than the `audio_model_id` meta
+        key are known by their model id."""
+        theirs = self._meta("audio_model_id") or audio_model_id_of(recorded)
+        return theirs is not None and theirs == getattr(model, "audio_model_id", None)
 
     # ------------------------------------------------------------ indexing
 
@@ -316,9 +324,9 @@ class Library:
         executor = as_executor(ray, workers)
         if self._pending is not None:  # a rebuild: the new model
             model, name = self._pending
-            return executor.bind(name or getattr(model, "source", None) or model.model_id, model.model_id)
-        model_id = self.model_id or self.model.model_id  # a new index records its model first
-        return executor.bind(self._meta("model_name") or model_id, model_id)
+            return executor.bind(name or getattr(model, "source", None) or model.model_id, model)
+        model = self.model  # loaded here too (names need it): a new index records it, an old one checks it
+        return executor.bind(self._meta("model_name") or model.model_id, model)
 
     def _update_rows(self, conn: sqlite3.Connection, model: Any, roots: list[str], report: UpdateReport,
                      run: dict[str, Any], sentences: TextEncoder | None = None) -> int:
@@ -341,6 +349,7 @@ class Library:
         staging.mkdir()
         (staging / "pid").write_text(str(os.getpid()))
         meta = {"model_id": model.model_id, "dim": str(model.dim),
+                "audio_model_id": getattr(model, "audio_model_id", model.model_id),
                 "model_name": name or getattr(model, "source", None) or model.model_id}
         sentences = sentence_encoder(model)
         conn = connect(staging / DB_NAME)
@@ -380,7 +389,7 @@ class Library:
             self._check_present("while in use")
             recorded = self._meta("model_id")
             model_changed = self._pending is None and self._model is not None and recorded is not None \
-                and recorded != self._model.model_id
+                and recorded != self._model.model_id and not self._same_audio_side(recorded, self._model)
             if model_changed:
                 self._model = self._sentences = self._hybrid = None
             if not (model_changed or self._vectors.is_stale() or self._names.is_stale()):

@@ -47,11 +47,11 @@ class ClusterError(LibraryError):
 class IndexWorker:
     """One Ray actor: hashes and decodes files from the shared filesystem, embeds with its own model."""
 
-    def __init__(self, model_name: str | None, model_id: str | None, before_task: Hook | None) -> None:
+    def __init__(self, model_name: str | None, audio_id: str | None, before_task: Hook | None) -> None:
         import ray
         import torch
 
-        self.model_name, self.model_id, self.before_task = model_name, model_id, before_task
+        self.model_name, self.audio_id, self.before_task = model_name, audio_id, before_task
         self.device = "cuda" if ray.get_gpu_ids() else "cpu"
         self.model: EmbeddingModel | None = None
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
@@ -88,9 +88,10 @@ class IndexWorker:
             from ..models import load_model
 
             model = load_model(self.model_name, device=self.device)
-            if self.model_id is not None and model.model_id != self.model_id:
-                raise ClusterError(f"model {self.model_name} on a Ray worker is {model.model_id}, "
-                                   f"but the index holds {self.model_id}: install the same audiofind there")
+            audio_id = getattr(model, "audio_model_id", model.model_id)  # clip vectors depend on it alone
+            if self.audio_id is not None and audio_id != self.audio_id:
+                raise ClusterError(f"model {self.model_name} on a Ray worker embeds audio as {audio_id}, "
+                                   f"but this index holds {self.audio_id}: install the same audiofind there")
             self.model = model
         return self.model
 
@@ -141,17 +142,20 @@ class RayExecutor:
         self.address, self.workers, self.task_files = address, workers, task_files
         self.before_task = before_task
         self.model_name: str | None = None
-        self.model_id: str | None = None
+        self.model_id: str | None = None  # written into the rows, as the local path writes its model's
+        self.audio_id: str | None = None
         self.actors: dict[Any, Any] = {}  # ready ObjectRef of pid() -> actor, while starting
         self.live: list[Any] = []
         self.started = 0
         self._owns_connection = False
 
-    def bind(self, model_name: str | None, model_id: str | None) -> RayExecutor:
-        """Set the model the workers load (the index's): by name or a checkpoint path on the shared disk."""
-        if (model_name, model_id) != (self.model_name, self.model_id):
+    def bind(self, model_name: str | None, model: EmbeddingModel) -> RayExecutor:
+        """Set the model the workers load (`model`, the driver's): by name or a checkpoint path on the shared
+        disk; they check that theirs embeds audio the same way."""
+        audio_id = getattr(model, "audio_model_id", model.model_id)
+        if (model_name, audio_id) != (self.model_name, self.audio_id):
             self._stop_actors()
-        self.model_name, self.model_id = model_name, model_id
+        self.model_name, self.model_id, self.audio_id = model_name, model.model_id, audio_id
         return self
 
     def pids(self) -> list[int]:
@@ -209,7 +213,7 @@ class RayExecutor:
         options = {"num_cpus": 1, "num_gpus": 1} if gpus else {"num_cpus": 1}
         actor_class = ray.remote(IndexWorker).options(**options, max_restarts=0, max_task_retries=0)
         for _ in range(n):
-            actor = actor_class.remote(self.model_name, self.model_id, self.before_task)
+            actor = actor_class.remote(self.model_name, self.audio_id, self.before_task)
             self.actors[actor.pid.remote()] = actor
             self.started += 1
 
