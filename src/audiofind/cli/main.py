@@ -21,7 +21,7 @@ from .. import __version__
 from ..paths import display_path, terminal_text
 from .failures import UsageError, errors, exit_quickly, fail
 from .manage import IndexPathsArg, PruneOpt, path_text, print_index_notes
-from .options import DeviceOpt, default_index_help, resolve_device
+from .options import DeviceOpt, RayOpt, default_index_help, resolve_device
 
 if TYPE_CHECKING:  # imported inside the commands: `audiofind --help` loads no numpy, FAISS or SQLite code
     from ..library import SearchResult, UpdateReport
@@ -200,6 +200,7 @@ def index_cmd(
         bool, typer.Option("--no-wait", help="Exit (code 75) instead of waiting while another run writes the "
                            "index.")
     ] = False,
+    ray: RayOpt = None,
 ) -> None:
     """Add new and changed audio files under PATHS to the index; drop the ones that are gone. With no
     PATHS, refresh every folder indexed before (one that is gone is reported; --prune drops it).
@@ -213,7 +214,7 @@ def index_cmd(
     dev = _device(device)
     with errors(), Library.open(index, model=model, create=bool(paths), rebuild=rebuild, device=dev) as lib:
         pruned = lib.prune_missing(wait=not no_wait) if prune else None
-        report = lib.update(paths, workers=workers, progress=not quiet, wait=not no_wait)
+        report = lib.update(paths, workers=workers, progress=not quiet, wait=not no_wait, ray=ray)
         stats = lib.stats()
     if json_out:
         _print_json(report.to_dict() | {"index": stats} | ({"pruned": pruned.to_dict()} if pruned else {}))

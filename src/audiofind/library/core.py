@@ -67,6 +67,7 @@ from .workers import default_workers, hash_file
 if TYPE_CHECKING:
     from ..models import EmbeddingModel
     from ..models.encoders.text import TextEncoder
+    from .ray_executor import RayExecutor
 
 
 class Library:
@@ -256,6 +257,7 @@ class Library:
         batch_size: int = 64,
         max_duration: float | None = None,
         wait: bool = True,
+        ray: str | RayExecutor | None = None,
     ) -> UpdateReport:
         """Bring the index in line with the audio files under `roots` (folders or single files); None or
         empty: under every root it knows (one that is gone is listed in the report's `missing_roots`, its
@@ -273,11 +275,16 @@ class Library:
 
         One writer at a time: the index's write lock (`activity`) is held for the whole run; when another
         process holds it, `wait` True waits for it (saying so on stderr), False raises IndexBusyError.
+
+        `ray`: a Ray cluster address ("auto", "ray://HOST:10001", "local") or a `ray_executor.RayExecutor`
+        spreads hashing, decoding and embedding over the cluster's workers (`workers` of them; None: one per
+        CPU, or per GPU), which read the files at these paths (a shared filesystem); the rows are written
+        here, by the same rules.
         """
         start = time.monotonic()
         if self.read_only:
             raise LibraryError(_read_only_message(self.index_dir))
-        workers = default_workers() if workers is None else workers
+        workers_given, workers = workers, default_workers() if workers is None else workers
         report = UpdateReport()
         with UpdateActivity(self.index_dir, wait) as activity:  # the write lock; /api/status reads it
             self._check_present("before indexing")
@@ -286,14 +293,18 @@ class Library:
             plan = plan_update(self._conn, self._lock, roots)  # records the roots given, or takes all
             report.missing_roots = [display_path(r) for r in plan.missing]
             run = {"workers": workers, "progress": activity.wrap(progress), "batch_size": batch_size,
-                   "max_duration": max_duration, "excluded": plan.excluded}
+                   "max_duration": max_duration, "excluded": plan.excluded, "executor": None}
             try:
+                if ray is not None:  # connects before any work: a wrong address fails first
+                    run["executor"] = self._ray_executor(ray, workers_given)
                 commits = self._rebuild(plan.roots, report, run) if self._pending is not None else \
                     self._update_rows(self._conn, lambda: self.model, plan.roots, report, run)
             except sqlite3.DatabaseError:
                 self._check_present("while indexing")  # SQLite refuses writes to a moved file: say why
                 raise
             finally:
+                if run["executor"] is not None and run["executor"] is not ray:
+                    run["executor"].close()  # one the caller made stays up for its next update
                 if _file_id(self.index_dir / DB_NAME) == self._db_id:
                     with self._lock, transaction(self._conn):
                         seconds = float(self._meta("build_seconds") or 0) + time.monotonic() - start
@@ -306,6 +317,17 @@ class Library:
                     self._names.reload()
         report.wall_seconds = time.monotonic() - start
         return report
+
+    def _ray_executor(self, ray: str | RayExecutor, workers: int | None) -> RayExecutor:
+        """`ray` as a connected executor, bound by name to the model this run embeds with."""
+        from .ray_executor import as_executor
+
+        executor = as_executor(ray, workers)
+        if self._pending is not None:  # a rebuild: the new model
+            model, name = self._pending
+            return executor.bind(name or getattr(model, "source", None) or model.model_id, model)
+        model = self.model  # loaded here too (names need it): a new index records it, an old one checks it
+        return executor.bind(self._meta("model_name") or model.model_id, model)
 
     def _update_rows(self, conn: sqlite3.Connection, model: Any, roots: list[str], report: UpdateReport,
                      run: dict[str, Any], sentences: TextEncoder | None = None) -> int:
@@ -440,10 +462,15 @@ class Library:
             vectors = np.asarray(vectors, dtype=np.float32)
             return self._hybrid.search(list(queries), vectors, k, mode, sentences, **filters)
 
-    def search_vector(self, vector: np.ndarray, k: int = 10, **filters: Any) -> list[SearchResult]:
-        """Search with a vector from the index's own space (e.g. an embedded clip)."""
+    def search_vector(self, vector: np.ndarray, k: int = 10, *, exclude_content: str | None = None,
+                      **filters: Any) -> list[SearchResult]:
+        """Search with a vector from the index's own space (e.g. an embedded clip); clips whose content hash
+        is `exclude_content` (the query file itself and its copies) are left out."""
         filters = check_search((), k, filters)[1]
-        return self._vectors.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k, **filters)[0]
+        with self._lock:
+            exclude = self._vectors.ids_with_content(exclude_content) if exclude_content else set()
+        return self._vectors.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k, exclude=exclude,
+                                    **filters)[0]
 
     def find(self, path: str | os.PathLike[str]) -> ClipRecord | None:
         """The record of an indexed file by its path, or None."""
@@ -469,16 +496,14 @@ class Library:
                 path = abspath(clip)
                 if not os.path.exists(path):
                     raise FileNotFoundError(f"no such file: {display_path(path)}")
-                digest = _content_hash(path)
+                digest = content_hash(path)
                 with self._lock:
                     vector = self._vectors.vector_of_content(digest) if digest else None
                 if vector is None:
                     model = self.model
                     wave, _ = load_audio(path, sample_rate=model.sample_rate)
                     vector = model.embed_audio([wave]).vectors[0]
-        with self._lock:
-            exclude = self._vectors.ids_with_content(digest) if digest else set()
-        return self._vectors.search(vector.reshape(1, -1), k, exclude=exclude, **filters)[0]
+        return self.search_vector(vector, k, exclude_content=digest, **filters)
 
     @property
     def sentences(self) -> TextEncoder:
@@ -529,7 +554,7 @@ class Library:
             }
 
 
-def _content_hash(path: str) -> str | None:
+def content_hash(path: str | os.PathLike[str]) -> str | None:
     """The blake2b digest the index keys content by, or None when the file cannot be read (decoding
     then reports why)."""
     try:
