@@ -82,11 +82,19 @@ class MilvusVectors:
         if not self.store.client.has_collection(self.store.collection):
             return [[] for _ in queries]
         expression = _and(self._present, filter_expression(min_duration, max_duration, path_prefix, exclude))
-        found = self.store.client.search(
-            self.store.collection, data=np.asarray(queries, dtype=np.float32).tolist(), anns_field=self.field,
-            limit=min(k, 16_384), filter=expression, output_fields=_RECORD,
-            search_params=self.store.search_params(k))
-        return [[_result(h["id"], float(h["distance"]), h["entity"]) for h in hits] for hits in found]
+        out = []
+        for q in np.asarray(queries, dtype=np.float32):
+            n = k
+            while True:  # identical copies count once (`results`): look deeper until k contents are found
+                found = self.store.client.search(
+                    self.store.collection, data=[q.tolist()], anns_field=self.field, limit=min(n, 16_384),
+                    filter=expression, output_fields=_RECORD, search_params=self.store.search_params(n))[0]
+                results = self._grouped([_result(h["id"], h["distance"], h["entity"]) for h in found], k)
+                if len(results) >= k or len(found) < n or n >= 16_384:
+                    break
+                n *= 2
+            out.append(results)
+        return out
 
     def all_vectors(self, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of these clips (or all) that have a vector in this field."""
@@ -100,11 +108,48 @@ class MilvusVectors:
         dim = self.store._dim() if self.field == "vector" else self.store._name_dim()
         return np.array(got, dtype=np.int64), np.array(vectors, dtype=np.float32).reshape(len(got), dim)
 
-    def results(self, hits: list[tuple[int, float]]) -> list[SearchResult]:
-        """(id, score) pairs as results, in order, with the records Milvus holds."""
+    def results(self, hits: list[tuple[int, float]], k: int | None = None) -> list[SearchResult]:
+        """(id, score) pairs as results, in order, at most `k`, one per content, with Milvus's records."""
         chunks = self._rows(np.array([i for i, _ in hits], dtype=np.int64), _RECORD)
         records = {int(r["id"]): r for rows in chunks for r in rows}
-        return [_result(i, s, records[i]) for i, s in hits if i in records]
+        return self._grouped([_result(i, s, records[i]) for i, s in hits if i in records], k)
+
+    def ids_with_content(self, digest: str) -> set[int]:
+        """The ids of every indexed file holding these bytes (content hashes are SQLite's bookkeeping)."""
+        with self.store.lock:
+            rows = self.store.conn.execute("SELECT id FROM files WHERE content_hash = ?", (digest,))
+            return {r[0] for r in rows}
+
+    def vector_of_content(self, digest: str) -> np.ndarray | None:
+        """The stored vector of these bytes, if any indexed file holds them (from Milvus)."""
+        ids = np.array(sorted(self.ids_with_content(digest)), dtype=np.int64)
+        got, vectors = self.all_vectors(ids) if len(ids) else (ids, None)
+        return vectors[0] if len(got) else None
+
+    def _grouped(self, results: list[SearchResult], k: int | None) -> list[SearchResult]:
+        """The best-placed of identical files stands for the others (its `duplicates`), as
+        `VectorSearcher.results` does; content hashes are the update's bookkeeping, in SQLite."""
+        if not results:
+            return []
+        conn, lock = self.store.conn, self.store.lock
+        with lock:
+            digests = dict(conn.execute(f"SELECT id, content_hash FROM files WHERE id IN "
+                                        f"({','.join('?' * len(results))})", [r.id for r in results]))
+            out, by_hash = [], {}
+            for r in results:
+                digest = digests.get(r.id)
+                if digest is None or digest in by_hash:
+                    continue
+                by_hash[digest] = r
+                out.append(r)
+                if len(out) == k:
+                    break
+            for digest, clip_id, path_b in conn.execute(
+                    "SELECT content_hash, id, path_bytes FROM files WHERE content_hash IN "
+                    f"({','.join('?' * len(by_hash))}) ORDER BY path_bytes", list(by_hash)):
+                if clip_id != by_hash[digest].id:
+                    by_hash[digest].duplicates.append(os.fsdecode(bytes(path_b)))
+        return out
 
     def _rows(self, ids: np.ndarray | None, fields: list[str], where: str = "") -> Any:
         """Query results for `ids` in chunks (all entities when None)."""
@@ -120,8 +165,9 @@ class MilvusVectors:
 
 
 def _result(clip_id: int, score: float, entity: dict[str, Any]) -> SearchResult:
-    return SearchResult(id=int(clip_id), path=os.fsdecode(bytes.fromhex(entity["path_hex"])), score=score,
-                        duration=float(entity["duration"]), tags=tags_from_json(entity["tags"]))
+    path = os.fsdecode(bytes.fromhex(entity["path_hex"]))
+    return SearchResult(id=int(clip_id), path=path, score=float(score), duration=float(entity["duration"]),
+                        tags=tags_from_json(entity["tags"]))
 
 
 class MilvusText:
