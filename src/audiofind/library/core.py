@@ -41,6 +41,7 @@ from .store import (
     NAMES_FAISS_NAME,
     RECORD_COLUMNS,
     abspath,
+    blob_vector,
     bump_generation,
     connect,
     default_index_dir,
@@ -102,11 +103,12 @@ class Library:
         `model` may be a loaded EmbeddingModel or a name/checkpoint for `load_model`; either must match the
         model the index was built with, unless `rebuild` empties the index first (the next `update`
         re-embeds everything, e.g. after the default model changed). `index_kind` is "auto" (exact
-        below vector_index.APPROX_THRESHOLD clips, IVF above), "flat", "ivf" or "hnsw". `device`: "cpu",
+        below vector_index.APPROX_THRESHOLD clips, IVF above, IVF over PQ codes re-scored from the stored
+        vectors above COMPACT_THRESHOLD), "flat", "ivf", "ivfpq" or "hnsw". `device`: "cpu",
         "cuda" or "mps", where a model loaded by name runs.
         """
-        if index_kind not in ("auto", "flat", "ivf", "hnsw"):
-            raise ValueError(f"index_kind must be auto, flat, ivf or hnsw, got {index_kind!r}")
+        if index_kind not in ("auto", "flat", "ivf", "ivfpq", "hnsw"):
+            raise ValueError(f"index_kind must be auto, flat, ivf, ivfpq or hnsw, got {index_kind!r}")
         index_dir = Path(index_dir).expanduser() if index_dir is not None else default_index_dir()
         db_path = index_dir / DB_NAME
         if not db_path.exists():
@@ -379,7 +381,7 @@ class Library:
         return ClipRecord(id=id_, path=os.fsdecode(bytes(path_b)), size=size, mtime_ns=mtime_ns,
                           content_hash=digest, duration=duration, sample_rate=rate, channels=channels,
                           tags=tags_from_json(tags), model_id=model_id, indexed_at=indexed_at,
-                          vector=np.frombuffer(vec, dtype="<f4").astype(np.float32),
+                          vector=blob_vector(vec),
                           words=json.loads(text)["words"] if text else {})
 
     def stats(self) -> dict[str, Any]:

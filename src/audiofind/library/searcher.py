@@ -10,7 +10,7 @@ import os
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,14 +19,18 @@ import numpy as np
 from .records import SearchResult
 from .store import FAISS_NAME, abspath, prefix_range, read_meta, tags_from_json, transaction
 from .vector_index import (
-    build_faiss_index,
+    REFINE_FACTOR,
     choose_index_kind,
     default_nlist,
+    empty_faiss_index,
     faiss_index_kind,
     read_faiss_file,
     search_faiss,
+    train_sample_size,
     write_faiss_file,
 )
+
+CHUNK = 100_000  # rows read from SQLite at a time: a build or exact scan never holds every vector
 
 if TYPE_CHECKING:
     import faiss
@@ -91,29 +95,59 @@ class VectorSearcher:
                             and index.ntotal == n:
                         self._index, self._index_generation = index, generation
                         return
-            ids, vectors = self.all_vectors()
-        kind = self._wanted_kind(len(ids))
-        trained = self._reusable_ivf(len(ids)) if kind == "ivf" else None
-        index = build_faiss_index(vectors, ids, kind, nprobe=self.nprobe, trained=trained)
+            kind = self._wanted_kind(n)
+            index = self._build(kind, n)
         self._index, self._index_generation = index, generation
         try:
-            write_faiss_file(path, index, {"generation": generation, "kind": kind, "count": int(len(ids)),
+            write_faiss_file(path, index, {"generation": generation, "kind": kind, "count": int(index.ntotal),
                                             "model_id": read_meta(self.conn, "model_id")})
         except OSError as e:  # a read-only index still searches; only the cache is lost
             print(f"audiofind: cannot write {path}: {e}", file=sys.stderr)
 
-    def _reusable_ivf(self, n: int) -> faiss.Index | None:
-        """The trained IVF index in memory or on disk, if its list count still suits `n` clips."""
+    def _build(self, kind: str, n: int) -> faiss.Index:
+        """Train on a sample of the rows (or reuse the last training), then add them a chunk at a time."""
+        trained = self._reusable_ivf(n, kind) if kind in ("ivf", "ivfpq") else None
+        sample = np.zeros((0, self._dim()), np.float32)
+        if trained is None and train_sample_size(kind, n):
+            all_ids = np.array([r[0] for r in self.conn.execute(
+                f"SELECT id FROM files WHERE {self._present}")], dtype=np.int64)
+            picked = np.random.default_rng(0).permutation(all_ids)[:train_sample_size(kind, n)]
+            sample = self.all_vectors(picked)[1]
+        index = empty_faiss_index(sample.shape[1], kind, n, sample, nprobe=self.nprobe, trained=trained)
+        for ids, vectors in self.vector_chunks():
+            index.add_with_ids(vectors, ids)
+        return index
+
+    def _reusable_ivf(self, n: int, kind: str) -> faiss.Index | None:
+        """The trained IVF index in memory or on disk, if its family and list count still suit `n` clips."""
         import faiss
+
+        from .vector_index import ivf_kind
 
         previous = self._index
         if previous is None:
             loaded = read_faiss_file(self.index_dir / self.file_name)
             previous = loaded[1] if loaded is not None else None
         ivf = faiss.try_extract_index_ivf(previous) if previous is not None else None
-        if ivf is None or not ivf.is_trained:
+        if ivf is None or not ivf.is_trained or ivf_kind(ivf) != kind or ivf.d != self._dim():
             return None
         return ivf if 0.5 <= ivf.nlist / default_nlist(n) <= 2 else None
+
+    def vector_chunks(self, ids: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of all rows (or of `ids`), CHUNK rows at a time, in id order."""
+        if ids is not None:
+            for start in range(0, len(ids), CHUNK):
+                yield self.all_vectors(ids[start:start + CHUNK])
+            return
+        last = -1
+        while True:
+            chunk = np.array([r[0] for r in self.conn.execute(
+                f"SELECT id FROM files WHERE id > ? AND {self._present} ORDER BY id LIMIT ?", (last, CHUNK))],
+                dtype=np.int64)
+            if not len(chunk):
+                return
+            last = int(chunk[-1])
+            yield self.all_vectors(chunk)
 
     def all_vectors(self, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, (n, dim) float32 vectors) of all rows, or of `ids` only, filled in place (no blob list)."""
@@ -140,7 +174,7 @@ class VectorSearcher:
                 if row == n:  # rows added since the count: the next refresh picks them up
                     break
                 out_ids[row] = clip_id
-                vectors[row] = np.frombuffer(blob, dtype="<f4")
+                vectors[row] = np.frombuffer(blob, dtype="<f2")
                 row += 1
         return out_ids[:row], vectors[:row]
 
@@ -159,9 +193,13 @@ class VectorSearcher:
                 return [[] for _ in queries]
             available = index.ntotal if allowed is None else len(allowed)
             want = min(k + len(exclude), available)
-            scores, ids = search_faiss(index, queries, want, allowed_ids=allowed, nprobe=self.nprobe)
+            refine = REFINE_FACTOR if faiss_index_kind(index) == "ivfpq" else 1
+            scores, ids = search_faiss(index, queries, min(want * refine, available), allowed_ids=allowed,
+                                       nprobe=self.nprobe)
             out = []
             for q, s_row, i_row in zip(queries, scores, ids, strict=True):
+                if refine > 1:  # PQ codes give candidates; the stored vectors give their exact scores
+                    s_row, i_row = self._rescore(q, i_row[i_row >= 0], want)
                 if (i_row >= 0).sum() < want:  # approximate index fell short: answer this query exactly
                     s_row, i_row = self._exact_search(q, want, allowed)
                 hits = [(int(i), float(s)) for i, s in zip(i_row, s_row, strict=True)
@@ -169,12 +207,23 @@ class VectorSearcher:
                 out.append(self.results(hits[:k]))
             return out
 
-    def _exact_search(self, query: np.ndarray, k: int,
-                      allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        ids, vectors = self.all_vectors(allowed)
+    def _rescore(self, query: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The `k` best of candidate `ids` by exact score against their stored vectors."""
+        ids, vectors = self.all_vectors(ids)
         scores = vectors @ query
         top = np.argsort(-scores, kind="stable")[:k]
         return scores[top], ids[top]
+
+    def _exact_search(self, query: np.ndarray, k: int,
+                      allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """A scan of every (allowed) stored vector, a chunk at a time, keeping the best `k`."""
+        best_scores, best_ids = np.zeros(0, np.float32), np.zeros(0, np.int64)
+        for ids, vectors in self.vector_chunks(allowed):
+            scores = np.concatenate([best_scores, vectors @ query])
+            ids = np.concatenate([best_ids, ids])
+            top = np.lexsort((ids, -scores))[:k]  # ties by id: the same order as one whole scan
+            best_scores, best_ids = scores[top], ids[top]
+        return best_scores, best_ids
 
     def _filter_ids(self, min_duration: float | None, max_duration: float | None,
                     path_prefix: str | os.PathLike[str] | None) -> np.ndarray | None:
