@@ -45,7 +45,8 @@ def build(spec: str, vectors: np.ndarray, rng: np.random.Generator) -> tuple[fai
     return index, time.perf_counter() - t0
 
 
-def search(index: faiss.Index, stored: np.ndarray, q: np.ndarray, k: int, nprobe: int, refine: int) -> np.ndarray:
+def search(index: faiss.Index, stored: np.ndarray, q: np.ndarray, k: int, nprobe: int,
+           refine: int) -> np.ndarray:
     """Top-k ids for one query: compact codes, then (refine > 0) exact re-scoring of refine * k candidates."""
     params = faiss.SearchParametersIVF(nprobe=nprobe)
     _, ids = index.search(q[None], k * max(refine, 1), params=params)
@@ -106,7 +107,8 @@ def main() -> None:
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['clips']:,} | {r['family']} | {r['nprobe']} | {r['build_s']:.0f} | "
-              f"{r['faiss_bytes_per_clip']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['recall10']:.3f} |")
+              f"{r['faiss_bytes_per_clip']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+              f"{r['recall10']:.3f} |")
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     print(f"\ncommand: `{command}`")
     if args.json:

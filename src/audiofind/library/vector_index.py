@@ -113,7 +113,8 @@ def empty_faiss_index(
         index.reset()
     else:
         codes = "Flat" if kind == "ivf" else pq_codes(dim, len(sample))
-        index = faiss.index_factory(dim, f"IVF{nlist or default_nlist(n)},{codes}", faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, f"IVF{nlist or default_nlist(n)},{codes}",
+                                    faiss.METRIC_INNER_PRODUCT)
         index.cp.niter = 10  # quality plateaus early; training dominates the build time
         index.cp.max_points_per_centroid = TRAIN_PER_LIST
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
