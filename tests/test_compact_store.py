@@ -8,13 +8,15 @@ from __future__ import annotations
 import sqlite3
 import threading
 
+import faiss
 import numpy as np
 import pytest
 
-from audiofind.library import Library, searcher
+from audiofind.library import Library, searcher, vector_index
 from audiofind.library.searcher import VectorSearcher
 from audiofind.library.store import (
     DB_NAME,
+    FAISS_NAME,
     PAGE_SIZE,
     SCHEMA_VERSION,
     UPSERT,
@@ -30,6 +32,7 @@ from audiofind.library.vector_index import (
     choose_index_kind,
     faiss_index_kind,
     pq_subquantizers,
+    read_faiss_file,
     search_faiss,
 )
 
@@ -125,6 +128,7 @@ def test_an_interrupted_conversion_resumes_without_converting_a_row_twice(tmp_pa
 def test_ivfpq_family_re_scored_from_stored_vectors(tmp_path, monkeypatch):
     """IVF over PQ codes, re-scored exactly from SQLite, built in chunks: close to exact search."""
     monkeypatch.setattr(searcher, "CHUNK", 700)  # several chunks on a small library
+    monkeypatch.setattr(vector_index, "OPQ_MIN_TRAIN", 1000)  # the OPQ-rotated layout of large libraries
     vectors = profiles(3000)
     make_index(tmp_path / "index", vectors)
     queries = profiles(20, seed=3)
@@ -133,6 +137,9 @@ def test_ivfpq_family_re_scored_from_stored_vectors(tmp_path, monkeypatch):
         got = [[r.id for r in lib.search_vector(q, k=10)] for q in queries]
         assert lib.stats()["index_kind"] == "ivfpq"
         filtered = lib.search_vector(queries[0], k=5, min_duration=6.5)
+    header, index = read_faiss_file(tmp_path / "index" / FAISS_NAME)
+    rotation = faiss.downcast_VectorTransform(index.chain.at(0))  # OPQ, saved as its linear map
+    assert header["kind"] == "ivfpq" and isinstance(rotation, faiss.LinearTransform) and rotation.d_out == 32
     recall = np.mean([len(set(g) & set(t)) / 10 for g, t in zip(got, truth, strict=True)])
     assert recall >= 0.9, recall
     assert len(filtered) == 5 and all(r.duration >= 6.5 for r in filtered)

@@ -20,6 +20,8 @@ DEFAULT_NPROBE = 16
 REFINE_FACTOR = 10  # "ivfpq" re-scores this many times k candidates exactly, from the stored vectors
 TRAIN_PER_LIST = 64  # k-means sample: points per IVF list (FAISS's own cap), so training never needs all rows
 KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+OPQ_MIN_TRAIN = 10_000  # "ivfpq" rotates (OPQ) when it has this many training points, else plain PQ
+OPQ_NITER, OPQ_TRAIN_POINTS = 20, 30_000  # OPQ training cost: ~20 s for 527 dims, recall as with 50 / 64k
 _FAISS_MAGIC = b"AUDIOFIND-FAISS 1\n"
 
 
@@ -30,8 +32,7 @@ def choose_index_kind(n: int, threshold: int = APPROX_THRESHOLD) -> str:
 
 
 def pq_subquantizers(dim: int) -> int:
-    """PQ sub-vector count: the smallest divisor of `dim` giving sub-vectors of at most 17 dims
-    (527 -> 31 bytes a clip, 384 -> 24)."""
+    """Plain PQ's sub-vector count: the smallest divisor of `dim` giving sub-vectors of at most 17 dims."""
     return next(m for m in range(max(1, -(-dim // 17)), dim + 1) if dim % m == 0)
 
 
@@ -108,25 +109,39 @@ def empty_faiss_index(
         hnsw.hnsw.efSearch = ef_search
         return index
     previous = faiss.try_extract_index_ivf(trained) if trained is not None else None
-    if previous is not None and previous.d == dim and ivf_kind(previous) == kind:
-        index = faiss.clone_index(previous)
+    if previous is not None and trained.d == dim and ivf_kind(previous) == kind:
+        index = faiss.clone_index(trained if kind == "ivfpq" else previous)  # with its OPQ rotation
         index.reset()
     else:
-        codes = "Flat" if kind == "ivf" else pq_codes(dim, len(sample))
-        index = faiss.index_factory(dim, f"IVF{nlist or default_nlist(n)},{codes}",
+        index = faiss.index_factory(dim, ivf_factory(kind, dim, nlist or default_nlist(n), len(sample)),
                                     faiss.METRIC_INNER_PRODUCT)
-        index.cp.niter = 10  # quality plateaus early; training dominates the build time
-        index.cp.max_points_per_centroid = TRAIN_PER_LIST
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.niter = 10  # quality plateaus early; training dominates the build time
+        ivf.cp.max_points_per_centroid = TRAIN_PER_LIST
+        if isinstance(index, faiss.IndexPreTransform):
+            opq = faiss.downcast_VectorTransform(index.chain.at(0))
+            opq.niter, opq.max_train_points = OPQ_NITER, OPQ_TRAIN_POINTS  # the rotation's cost, capped
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
-    index.nprobe = nprobe
+    faiss.extract_index_ivf(index).nprobe = nprobe
     return index
 
 
-def pq_codes(dim: int, n_train: int) -> str:
-    """The PQ part of the factory string: 8-bit codes, fewer bits when there are too few points to train
-    256 centroids ('np': no polysemous training, which is slow and unused here)."""
+def ivf_factory(kind: str, dim: int, nlist: int, n_train: int) -> str:
+    """The FAISS factory string of an IVF family.
+
+    "ivfpq" (BENCHMARKS.md, large libraries): an OPQ rotation to a multiple of 64 dims (527 -> 512), then
+    64 one-byte PQ codes per clip, with residuals on the IVF lists; the searcher re-scores REFINE_FACTOR *
+    k candidates from the stored vectors. Below OPQ_MIN_TRAIN training points (small libraries, tests)
+    plain PQ over dim-dividing sub-vectors, with fewer bits when there are too few points for 256
+    centroids. 'np': no polysemous training (slow, unused).
+    """
+    if kind == "ivf":
+        return f"IVF{nlist},Flat"
+    if n_train >= OPQ_MIN_TRAIN:
+        m = min(64, max(1, dim // 8))
+        return f"OPQ{m}_{dim // m * m},IVF{nlist},PQ{m}np"
     bits = min(8, max(1, int(math.log2(max(n_train, 2)))))
-    return f"PQ{pq_subquantizers(dim)}x{bits}np"
+    return f"IVF{nlist},PQ{pq_subquantizers(dim)}x{bits}np"
 
 
 def ivf_kind(ivf: faiss.IndexIVF) -> str:
