@@ -64,6 +64,11 @@ def make_index(index_dir, vectors: np.ndarray, names: np.ndarray | None = None, 
             conn.execute("UPDATE files SET name_vector = ? WHERE id = ?", (name, i + 1))
         if float32:
             conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    if float32:  # as an older audiofind made it: 4 KB pages
+        conn.execute("PRAGMA journal_mode=DELETE")
+        conn.execute("PRAGMA page_size=4096")
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA journal_mode=WAL")
     conn.close()
 
 
@@ -89,6 +94,8 @@ def test_float32_index_opens_searches_the_same_and_is_converted(tmp_path):
     index_dir = tmp_path / "index"
     make_index(index_dir, vectors, names, float32=True)
     assert blob_lengths(index_dir) >= {(DIM * 4, DIM * 4)}
+    with sqlite3.connect(index_dir / DB_NAME) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096
     queries = profiles(8, seed=2)
     truth = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :10] + 1
     with Library.open(index_dir) as lib:
@@ -101,6 +108,8 @@ def test_float32_index_opens_searches_the_same_and_is_converted(tmp_path):
     assert blob_lengths(index_dir) <= {(DIM * 2, DIM * 2), (DIM * 2, 0)}
     with sqlite3.connect(index_dir / DB_NAME) as conn:
         assert read_meta(conn, "schema_version") == "3" and read_meta(conn, "float16_done") is None
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE  # repacked
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         name_blob = conn.execute("SELECT name_vector FROM files WHERE id = 2").fetchone()[0]
     assert np.allclose(blob_vector(name_blob), names[1], atol=1e-3)
     with Library.open(index_dir) as again:  # already converted: nothing more to do

@@ -257,6 +257,8 @@ def connect(db_path: Path) -> sqlite3.Connection:
                                    f"audiofind reads version {SCHEMA_VERSION}); re-index into a new folder")
         if version is not None and version[0] == "2":
             migrate_to_float16(conn)
+        if conn.execute("PRAGMA page_size").fetchone()[0] < PAGE_SIZE:  # an index made before schema 3
+            repack(conn)
     except sqlite3.DatabaseError as e:
         raise LibraryError(f"{db_path} is not a readable audiofind index: {e}") from e
     return conn
@@ -284,6 +286,23 @@ def migrate_to_float16(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             bump_generation(conn)  # the FAISS files were built from the float32 values: rebuild them
             return
+
+
+def repack(conn: sqlite3.Connection) -> bool:
+    """Rewrite the database with PAGE_SIZE pages (VACUUM: atomic, needs no other connection and free disk
+    of its size): the float16 rows then stop overflowing 4 KB pages. False (left for later) when busy."""
+    if conn.execute("PRAGMA page_size").fetchone()[0] >= PAGE_SIZE:
+        return True
+    try:
+        if conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0].lower() != "delete":
+            return False  # another connection holds the WAL open
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        conn.execute("VACUUM")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.execute("PRAGMA journal_mode=WAL")
 
 
 def _half(blob: bytes) -> bytes:
