@@ -10,7 +10,7 @@ import os
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -150,33 +150,26 @@ class VectorSearcher:
             yield self.all_vectors(chunk)
 
     def all_vectors(self, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, (n, dim) float32 vectors) of all rows, or of `ids` only, filled in place (no blob list)."""
-        dim = self._dim()
+        """(ids, (n, dim) float32 vectors) of all rows, or of `ids` only (ids without a vector left out)."""
         if ids is None:
-            n = self._count()
-            chunks: Iterable[list[int] | None] = [None]
-        else:
-            id_list = [int(i) for i in ids]
-            n = len(id_list)
-            chunks = (id_list[i:i + 10_000] for i in range(0, n, 10_000))
-        out_ids = np.empty(n, dtype=np.int64)
-        vectors = np.empty((n, dim), dtype=np.float32)
-        row = 0
-        for chunk in chunks:
-            if chunk is None:
-                cursor = self.conn.execute(f"SELECT id, {self.column} FROM files WHERE {self._present} "
-                                           "ORDER BY id")
-            else:
-                marks = ",".join("?" * len(chunk))
-                cursor = self.conn.execute(f"SELECT id, {self.column} FROM files WHERE id IN ({marks}) "
-                                           f"AND {self._present}", chunk)
-            for clip_id, blob in cursor:
-                if row == n:  # rows added since the count: the next refresh picks them up
-                    break
-                out_ids[row] = clip_id
-                vectors[row] = np.frombuffer(blob, dtype="<f2")
-                row += 1
-        return out_ids[:row], vectors[:row]
+            parts = list(self.vector_chunks())
+            if not parts:
+                return np.zeros(0, np.int64), np.zeros((0, self._dim()), np.float32)
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        id_list = [int(i) for i in ids]
+        out_ids: list[int] = []
+        blobs: list[bytes] = []
+        for start in range(0, len(id_list), 10_000):
+            chunk = id_list[start:start + 10_000]
+            for clip_id, blob in self.conn.execute(
+                    f"SELECT id, {self.column} FROM files WHERE id IN ({','.join('?' * len(chunk))}) "
+                    f"AND {self._present}", chunk):
+                out_ids.append(clip_id)
+                blobs.append(blob)
+        if not blobs:
+            return np.zeros(0, np.int64), np.zeros((0, self._dim()), np.float32)
+        vectors = np.frombuffer(b"".join(blobs), dtype="<f2").reshape(len(blobs), -1)  # one decode, not n
+        return np.array(out_ids, dtype=np.int64), vectors.astype(np.float32)
 
     def search(self, queries: np.ndarray, k: int, *, min_duration: float | None = None,
                max_duration: float | None = None, path_prefix: str | os.PathLike[str] | None = None,
