@@ -75,7 +75,8 @@ def main() -> None:
     ap.add_argument("--seed-index", type=Path, default=Path("bench-out/hybrid/named-index"))
     ap.add_argument("--sfx", type=Path, default=Path("../shared/data/sfx-dev"))
     ap.add_argument("--sizes", default="100000")
-    ap.add_argument("--families", default=FAMILIES, help="';'-separated factory strings [+refineR]")
+    ap.add_argument("--families", default=FAMILIES, 
+                    help="';'-separated factory strings or 'ivfpq' (the library's), +refineR[,R2...]")
     ap.add_argument("--nprobe", default="8,16")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -100,18 +101,20 @@ def main() -> None:
                 f"ivfpq: {ivf_factory(spec, vectors.shape[1], default_nlist(n), 10**9)}+refine{refine}"
             index, build_s = build(spec, vectors, rng)
             size = len(faiss.serialize_index(index))
-            for nprobe in (int(p) for p in args.nprobe.split(",")):
+            for nprobe, factor in ((int(p), int(f)) for p in args.nprobe.split(",")
+                                   for f in (refine or "0").split(",")):
                 times, found = [], []
                 for r in range(2):
                     for q in qvecs:
                         t0 = time.perf_counter()
-                        ids = search(index, stored, q, 10, nprobe, int(refine or 0))
+                        ids = search(index, stored, q, 10, nprobe, factor)
                         times.append(1000 * (time.perf_counter() - t0))
                         if r:
                             found.append(np.pad(ids, (0, 10 - len(ids)), constant_values=-1))
                     if r == 0:
                         times.clear()
-                row = {"clips": n, "family": label.format(nlist=default_nlist(n)), "nprobe": nprobe,
+                name = label.split("+refine")[0] + (f"+refine{factor}" if factor else "")
+                row = {"clips": n, "family": name.format(nlist=default_nlist(n)), "nprobe": nprobe,
                        "build_s": build_s, "faiss_bytes_per_clip": size / n,
                        "p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
                        "recall10": recall_at_k(exact_ids, np.stack(found))}
