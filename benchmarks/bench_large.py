@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--seed-index", type=Path, default=Path("bench-out/hybrid/named-index"))
     ap.add_argument("--sfx", type=Path, default=Path("../shared/data/sfx-dev"))
     ap.add_argument("--sizes", default="100000")
-    ap.add_argument("--families", default=FAMILIES, 
+    ap.add_argument("--families", default=FAMILIES,
                     help="';'-separated factory strings or 'ivfpq' (the library's), +refineR[,R2...]")
     ap.add_argument("--nprobe", default="8,16")
     ap.add_argument("--json", type=Path)
