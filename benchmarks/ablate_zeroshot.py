@@ -63,7 +63,7 @@ def main() -> None:
     for name in args.windows.split(","):
         window = settings[name]
         t0 = time.time()
-        model = ZeroShotModel(ZeroShotConfig(**window))
+        model = ZeroShotModel(ZeroShotConfig(**window, text_bridge=""))  # the similarity bridge
         model.__dict__["text_encoder"] = base.text_encoder
         probs = window_probs(model, paths, args.work / f"probs-{name}.npz")
         print(f"{name}: tagger outputs in {time.time() - t0:.1f} s", file=sys.stderr)
@@ -78,7 +78,7 @@ def main() -> None:
             if name != "pad-1s" and (style, space) != ("aliases", "class"):
                 continue  # window settings are compared on one bridge
             cfg = ZeroShotConfig(**window, label_style=style, space=space, pooling=pooling, audio_power=power,
-                                 query_temperature=temp, query_top=top)
+                                 query_temperature=temp, query_top=top, text_bridge="")
             if style != model.config.label_style:
                 for cached in ("phrase_vectors", "class_text_vectors"):
                     model.__dict__.pop(cached, None)
@@ -95,7 +95,7 @@ def main() -> None:
         print(f"| {name} | {cfg.label_style} | {cfg.space} | {cfg.pooling} | {cfg.audio_power} | "
               f"{cfg.query_temperature if cfg.space == 'class' else '-'} | {cfg.query_top or '-'} | "
               f"{m['R@1']:.3f} | {m['R@5']:.3f} | {m['R@10']:.3f} | {m['mAP@10']:.3f} |")
-    default = ZeroShotConfig()
+    default = ZeroShotConfig(text_bridge="")  # these knobs are the similarity bridge's
     for _, name, cfg, m in rows:
         if name == "pad-1s" and cfg == default:
             print(f"\ncurrent default: rank {[r[2] for r in rows].index(cfg) + 1}, mAP@10 {m['mAP@10']:.3f}")

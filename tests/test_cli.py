@@ -149,7 +149,7 @@ def test_errors_are_one_line(indexed, tmp_path):
     other = base / "other-index"
     shutil.copytree(index, other)
     with sqlite3.connect(other / DB_NAME) as conn:
-        conn.execute("UPDATE meta SET value = 'other-model-v0' WHERE key = 'model_id'")
+        conn.execute("UPDATE meta SET value = 'other-model-v0' WHERE key IN ('model_id', 'audio_model_id')")
     one_line_error(cli("index", sounds, "--index", other, "--model", "default", "-q"), 1,
                    "built with model other-model-v0")
 

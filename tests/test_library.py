@@ -295,10 +295,26 @@ def test_model_mismatch_is_refused_until_a_rebuild(built, tmp_path):
     copy = tmp_path / "index"
     shutil.copytree(lib.index_dir, copy)
     with Library.open(copy, FakeModel(), rebuild=True) as rebuilt:
-        assert len(rebuilt) == 0 and rebuilt.model_id == "fake-spectrum-v1"
+        assert len(rebuilt) == len(lib) and rebuilt.model_id == lib.model_id  # the old index until the swap
         report = rebuilt.update([sounds / "sheep"], workers=0, progress=False)
+        assert len(rebuilt) == 3 and rebuilt.model_id == "fake-spectrum-v1"
         assert report.added == report.embedded == 3
         assert rebuilt.stats()["dim"] == FakeModel.dim and len(rebuilt.search("anything", k=5)) == 3
+
+
+def test_a_writer_after_a_rebuild_refuses_its_old_model(built, tmp_path):
+    """A writer opened before another process rebuilt with a new model re-checks the model once it holds the
+    write lock: it refuses instead of adding old-model rows, and a refresh shows it the new index."""
+    lib, _, sounds = built
+    copy = tmp_path / "index"
+    shutil.copytree(lib.index_dir, copy)
+    with Library.open(copy, lib.model) as stale, Library.open(copy, FakeModel(), rebuild=True) as other:
+        other.update([sounds / "sheep"], workers=0, progress=False)
+        with pytest.raises(ModelMismatchError, match="fake-spectrum-v1"):
+            stale.update([sounds], workers=0, progress=False)
+        assert stale.refresh() and stale.model_id == "fake-spectrum-v1" and len(stale) == 3
+    with sqlite3.connect(copy / libmod.DB_NAME) as conn:
+        assert conn.execute("SELECT DISTINCT model_id FROM files").fetchall() == [("fake-spectrum-v1",)]
 
 
 def test_missing_index_is_a_clear_error(tmp_path):

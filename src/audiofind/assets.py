@@ -25,10 +25,10 @@ except ImportError:  # Windows: no advisory locks; concurrent first downloads ju
 
 @dataclass(frozen=True)
 class Asset:
-    """One downloadable file, with what is needed to check and credit it."""
+    """One downloadable (or package-shipped) file, with what is needed to check and credit it."""
 
     name: str  # file name, e.g. "mn04_as_mAP_432.pt"
-    url: str  # official download URL
+    url: str | None  # official download URL; None: shipped inside the package (see `package_asset_dir`)
     sha256: str | None  # None only where no checksum is known to us; such a file is used unverified
     licence: str
     size: int | None = None  # bytes, when known
@@ -60,6 +60,16 @@ ASSETS: dict[str, Asset] = {
             "9c685f4403eecc3ca9be37fd7285cf212feaaea6ff7229d3e7ca89e0d1f2d15d",
             "CC BY-SA 4.0 (AudioSet ontology)",
             342_780,
+        ),
+        # ---- shipped inside the package (no URL): models/text_bridge.py, scripts/build_text_bridge.py
+        Asset(
+            "text_bridge_audiocaps_v1.npz",
+            None,
+            "099657fa99b3b1043b8761a22a2eb862a7800810d53d458ebc1038e1ba07ffa2",
+            "derived data: trained on AudioCaps captions (github.com/cdjkim/audiocaps; MIT licence file, "
+            "academic use requested; cite Kim et al., AudioCaps: Generating Captions for Audios in the Wild, "
+            "NAACL-HLT 2019) with their clips' AudioSet labels (CC BY 4.0; Gemmeke et al., ICASSP 2017); "
+            "holds all-MiniLM-L6-v2 (Apache-2.0) vectors of the AudioSet class names",
         ),
         # Other EfficientAT AudioSet widths: same release, but no checksum has been recorded here yet.
         *(
@@ -108,14 +118,22 @@ def asset_dirs() -> list[Path]:
     return [*dirs, asset_cache_dir()]
 
 
+def package_asset_dir() -> Path:
+    """Where the assets without a URL live: the installed package's `models/` folder (package data)."""
+    return Path(__file__).resolve().parent / "models"
+
+
 def resolve_asset(name: str, download: bool | None = None) -> Path:
     """Path to a verified copy of asset `name`, downloading it into the cache when allowed and needed.
 
-    `download=None` allows downloading unless $AUDIOFIND_OFFLINE is set to 1.
+    `download=None` allows downloading unless $AUDIOFIND_OFFLINE is set to 1. An asset without a URL
+    is part of the package and is only looked for (and checked) in `package_asset_dir()`.
     """
     asset = ASSETS.get(name)
     if asset is None:
         raise ValueError(f"unknown asset {name!r}; known assets: {', '.join(sorted(ASSETS))}")
+    if asset.url is None:
+        return _resolve_packaged(asset)
     cache = asset_cache_dir()
     for folder in asset_dirs():
         path = folder / name
@@ -135,6 +153,22 @@ def resolve_asset(name: str, download: bool | None = None) -> Path:
     if download is False:
         raise AssetNotFoundError(_instructions(asset, "downloading is switched off (download=False)"))
     return _download(asset, cache)
+
+
+def _resolve_packaged(asset: Asset) -> Path:
+    path = package_asset_dir() / asset.name
+    if not path.is_file():
+        raise AssetNotFoundError(
+            f"{asset.name} ships with audiofind but is missing from '{printable_path(path.parent)}': "
+            "reinstall the package (a source checkout has it under src/audiofind/models/)."
+        )
+    problem = _problem(asset, path)
+    if problem is not None:
+        raise AssetChecksumError(
+            f"'{printable_path(path)}' is not the {asset.name} this version of audiofind ships: {problem}. "
+            "Reinstall the package, or restore the file from version control."
+        )
+    return path
 
 
 # ---------------------------------------------------------------- checking

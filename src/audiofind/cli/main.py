@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from .. import __version__
-from ..library import Library, LibraryError, SearchResult, UpdateReport
+from ..library import Library, LibraryError, SearchResult, UpdateReport, damaged_message
 from ..library.fusion import MODES, is_weak
 from ..library.queries import QueryError, check_filters, check_query
 from ..paths import display_path, terminal_text
@@ -102,9 +103,11 @@ def errors() -> Iterator[None]:
     except (UsageError, QueryError) as e:
         raise fail(str(e), 2) from None
     except (LibraryError, FileNotFoundError, ValueError) as e:  # AudioDecodeError is a ValueError
-        raise fail(str(e), 1) from None
+        raise fail(str(e), getattr(e, "exit_code", 1)) from None
     except KeyError as e:
         raise fail(str(e.args[0]) if e.args else "not found", 1) from None
+    except sqlite3.DatabaseError as e:  # damaged pages, found only when a query reaches them
+        raise fail(damaged_message(e), 1) from None
 
 
 def _filters(min_duration: float | None, max_duration: float | None,
@@ -215,14 +218,21 @@ def index_cmd(
     ] = False,
     json_out: JsonOpt = False,
     device: DeviceOpt = "auto",
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Exit (code 75) instead of waiting while another run writes the "
+                           "index.")
+    ] = False,
 ) -> None:
-    """Add new and changed audio files under PATHS to the index; drop the ones that are gone."""
+    """Add new and changed audio files under PATHS to the index; drop the ones that are gone.
+
+    One run writes an index at a time: a second waits for the first unless --no-wait.
+    """
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise fail(f"no such file or folder: {', '.join(terminal_text(display_path(p)) for p in missing)}", 2)
     dev = _device(device)
     with errors(), Library.open(index, model=model, create=True, rebuild=rebuild, device=dev) as lib:
-        report = lib.update(paths, workers=workers, progress=not quiet)
+        report = lib.update(paths, workers=workers, progress=not quiet, wait=not no_wait)
         stats = lib.stats()
     if json_out:
         _print_json(report.to_dict() | {"index": stats})

@@ -10,15 +10,18 @@ Modules here may import the ground floor and `audiofind.models`, never `research
 from .core import Library
 from .records import (
     ClipRecord,
+    IndexBusyError,
     IndexNotFoundError,
     LibraryError,
     ModelMismatchError,
     SearchResult,
     UpdateReport,
+    damaged_message,
 )
 from .store import DB_NAME, FAISS_NAME, INDEX_ENV, default_index_dir
 
 __all__ = [
-    "DB_NAME", "FAISS_NAME", "INDEX_ENV", "ClipRecord", "IndexNotFoundError", "Library", "LibraryError",
-    "ModelMismatchError", "SearchResult", "UpdateReport", "default_index_dir",
+    "DB_NAME", "FAISS_NAME", "INDEX_ENV", "ClipRecord", "IndexBusyError", "IndexNotFoundError", "Library",
+    "LibraryError", "ModelMismatchError", "SearchResult", "UpdateReport", "damaged_message",
+    "default_index_dir",
 ]

@@ -5,6 +5,8 @@ Layout of an index folder:
                    `meta` (model, dim, generation, timestamps), `failures` (undecodable files, so
                    re-runs skip them until they change) and `roots` (the paths given to `update`)
   vectors.faiss    a search index rebuilt from SQLite whenever its recorded generation is stale
+  .update.lock     the single-writer lock and progress heartbeat (`activity`)
+  .rebuild/        while a model change re-embeds: the new index, swapped in whole when complete
 
 The SQLite side is in `store`, the incremental update in `updater`, the FAISS side in `searcher`, the rules
 a search must meet in `queries`. It is longer than 400 lines because it is the whole facade (opening,
@@ -16,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -26,27 +29,34 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..audio import load_audio
-from ..models import sentence_encoder
+from ..models import audio_model_id_of, sentence_encoder
 from ..paths import display_path
-from .activity import UpdateActivity
+from .activity import STAGING_NAME, UpdateActivity, clean_leftovers
 from .collections import Collections
 from .hybrid import HybridSearch, TextSearcher
 from .names import fill_name_vectors
 from .queries import check_search
-from .records import ClipRecord, IndexNotFoundError, ModelMismatchError, Progress, SearchResult, UpdateReport
+from .records import (
+    ClipRecord,
+    IndexNotFoundError,
+    LibraryError,
+    ModelMismatchError,
+    Progress,
+    SearchResult,
+    UpdateReport,
+)
 from .searcher import VectorSearcher
 from .store import (
     DB_NAME,
-    FAISS_NAME,
     NAMES_FAISS_NAME,
     RECORD_COLUMNS,
     abspath,
     blob_vector,
-    bump_generation,
     connect,
     default_index_dir,
     now_iso,
     read_meta,
+    replace_rows,
     tags_from_json,
     transaction,
 )
@@ -62,10 +72,14 @@ if TYPE_CHECKING:
 class Library:
     """A searchable index of sound files: `Library.open`, then `update` to fill it and `search` to query."""
 
-    def __init__(self, index_dir: Path, conn: sqlite3.Connection, index_kind: str, nprobe: int) -> None:
+    def __init__(self, index_dir: Path, conn: sqlite3.Connection, index_kind: str, nprobe: int,
+                 read_only: bool = False) -> None:
         """Use `Library.open`."""
         self.index_dir = index_dir
+        self.read_only = read_only
         self._conn = conn
+        self._db_id = _file_id(index_dir / DB_NAME)  # a folder deleted or replaced under us changes it
+        self._pending: tuple[EmbeddingModel, str | None] | None = None  # a model-change rebuild to do
         self._model: EmbeddingModel | None = None
         self._device = "cpu"  # where a model loaded by name runs
         self._lock = threading.RLock()
@@ -75,6 +89,7 @@ class Library:
                                      column="name_vector", file_name=NAMES_FAISS_NAME)
         self._hybrid: HybridSearch | None = None  # built on the first text search
         self._sentences: TextEncoder | None = None
+        self._vectors.persist = self._names.persist = not read_only
 
     @property
     def index_kind(self) -> str:
@@ -97,36 +112,50 @@ class Library:
         nprobe: int = DEFAULT_NPROBE,
         rebuild: bool = False,
         device: str = "cpu",
+        read_only: bool | None = None,
     ) -> Library:
         """Open (with `create`, make) the index in `index_dir`; `model` None loads the index's model lazily.
 
         `model` may be a loaded EmbeddingModel or a name/checkpoint for `load_model`; either must match the
+<<<<<<< HEAD
         model the index was built with, unless `rebuild` empties the index first (the next `update`
         re-embeds everything, e.g. after the default model changed). `index_kind` is "auto" (exact
         below vector_index.APPROX_THRESHOLD clips, IVF above, IVF over PQ codes re-scored from the stored
         vectors above COMPACT_THRESHOLD), "flat", "ivf", "ivfpq" or "hnsw". `device`: "cpu",
         "cuda" or "mps", where a model loaded by name runs.
+=======
+        model the index was built with, unless `rebuild`: then the next `update` embeds its roots with
+        `model` into a staging index beside this one and swaps it in whole when complete (readers keep
+        the old index until then; the other roots' clips are dropped, favourites and collections kept).
+        `index_kind` is "auto" (exact below vector_index.APPROX_THRESHOLD clips, IVF above), "flat",
+        "ivf" or "hnsw". `device`: "cpu", "cuda" or "mps", where a model loaded by name runs.
+        `read_only` (None: when the folder or database is not writable) opens without writing: searching
+        works, `update` refuses.
+>>>>>>> main
         """
         if index_kind not in ("auto", "flat", "ivf", "ivfpq", "hnsw"):
             raise ValueError(f"index_kind must be auto, flat, ivf, ivfpq or hnsw, got {index_kind!r}")
         index_dir = Path(index_dir).expanduser() if index_dir is not None else default_index_dir()
-        db_path = index_dir / DB_NAME
-        if not db_path.exists():
-            if not create:
-                raise IndexNotFoundError(f"no audiofind index at {index_dir}; "
-                                         f"build one with: audiofind index PATH --index {index_dir}")
-            index_dir.mkdir(parents=True, exist_ok=True)
-        conn = connect(db_path)
-        lib = cls(index_dir, conn, index_kind, nprobe)
+        db_path = _prepare_folder(index_dir, create)
+        if read_only is None:
+            read_only = not os.access(index_dir, os.W_OK) or (db_path.exists()
+                                                                 and not os.access(db_path, os.W_OK))
+        if read_only and rebuild:
+            raise LibraryError(_read_only_message(index_dir))
+        conn = connect(db_path, read_only=read_only)
+        lib = cls(index_dir, conn, index_kind, nprobe, read_only=read_only)
         lib._device = device
         try:
+            if not read_only:
+                clean_leftovers(index_dir, locked=False)  # a killed run's temp files
             name = None
             if isinstance(model, str) or (model is None and rebuild):
                 name = abspath(model) if model and os.path.exists(model) else model
                 model = _model_on(name, device)
             if rebuild:
-                lib._clear()
-            if model is not None:
+                assert model is not None
+                lib._pending = (model, name)
+            elif model is not None:
                 lib._adopt_model(model, name)
         except BaseException:
             conn.close()
@@ -193,22 +222,11 @@ class Library:
                 self._adopt_model(_model_on(name, self._device), name)
             assert self._model is not None
             return self._model
-    def _clear(self) -> None:
-        """Forget every clip and the model (the folders given to `update` are kept)."""
-        with self._lock, transaction(self._conn):
-            self._conn.execute("DELETE FROM files")
-            self._conn.execute("DELETE FROM failures")
-            self._conn.execute("DELETE FROM meta WHERE key IN ('model_id', 'model_name', 'dim')")
-            bump_generation(self._conn)
-        for name in (FAISS_NAME, NAMES_FAISS_NAME):
-            (self.index_dir / name).unlink(missing_ok=True)
-        self._vectors.forget()
-        self._names.forget()
 
     def _adopt_model(self, model: EmbeddingModel, name: str | None) -> None:
         """Check `model` against the index's recorded one, or record it in a new index."""
         recorded = self._meta("model_id")
-        if recorded is not None and recorded != model.model_id:
+        if recorded is not None and recorded != model.model_id and not self._same_audio_side(recorded, model):
             recorded_name = self._meta("model_name") or recorded
             name = name or getattr(model, "source", None) or model.model_id
             hint = f" (or pass --model {recorded_name})" if recorded_name != name else \
@@ -217,12 +235,20 @@ class Library:
                 f"index {self.index_dir} was built with model {recorded}; you are using {model.model_id}; "
                 f"re-embed it with: audiofind index PATH --index {self.index_dir} --model {name} --rebuild"
                 f"{hint}")
-        if recorded is None:
+        if recorded != model.model_id and not self.read_only:  # new, or its clip vectors fit this model
             with transaction(self._conn):
                 self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
                     ("model_id", model.model_id), ("dim", str(model.dim)),
+                    ("audio_model_id", getattr(model, "audio_model_id", model.model_id)),
                     ("model_name", name or getattr(model, "source", None) or model.model_id)])
         self._model = model
+
+    def _same_audio_side(self, recorded: str, model: EmbeddingModel) -> bool:
+        """Clip vectors depend only on the audio side: a model that differs in how it turns queries into
+        vectors (the text bridge) searches them as they are. Indexes older than the `audio_model_id` meta
+        key are known by their model id."""
+        theirs = self._meta("audio_model_id") or audio_model_id_of(recorded)
+        return theirs is not None and theirs == getattr(model, "audio_model_id", None)
 
     # ------------------------------------------------------------ indexing
 
@@ -234,6 +260,7 @@ class Library:
         progress: bool | Progress = True,
         batch_size: int = 64,
         max_duration: float | None = None,
+        wait: bool = True,
     ) -> UpdateReport:
         """Bring the index in line with the audio files under `roots` (folders or single files).
 
@@ -246,43 +273,113 @@ class Library:
         environment's sake (permissions, I/O) are retried next run, and a decoder process that dies costs
         only the file that killed it. `progress` is a tqdm bar on stderr (True), nothing (False), or a
         callback receiving dicts.
+
+        One writer at a time: the index's write lock (`activity`) is held for the whole run; when another
+        process holds it, `wait` True waits for it (saying so on stderr), False raises IndexBusyError.
         """
         start = time.monotonic()
+        if self.read_only:
+            raise LibraryError(_read_only_message(self.index_dir))
         workers = default_workers() if workers is None else workers
         report = UpdateReport()
         abs_roots = [abspath(r).rstrip(os.sep) or os.sep for r in roots]
         for root, given in zip(abs_roots, roots, strict=True):
             if not os.path.exists(root):
                 raise FileNotFoundError(f"no such file or folder: {os.fsdecode(given)}")
-        with self._lock, transaction(self._conn):
-            self._conn.executemany("INSERT OR IGNORE INTO roots VALUES (?, ?, ?)",
-                                   [(os.fsencode(r), display_path(r), now_iso()) for r in abs_roots])
-        commits = 0
-        activity = UpdateActivity(self.index_dir).__enter__()  # /api/status: an index run in progress
-        try:
-            commits = Updater(self._conn, self._lock, lambda: self.model).run(
-                abs_roots, report, workers=workers, progress=activity.wrap(progress), batch_size=batch_size,
-                max_duration=max_duration)
-            commits += fill_name_vectors(self._conn, self._lock, lambda texts: self.sentences.encode(texts))
-        finally:
-            activity.__exit__()
+        with UpdateActivity(self.index_dir, wait) as activity:  # the write lock; /api/status reads it
+            self._check_present("before indexing")
+            if self._pending is None and self._model is not None:
+                self._adopt_model(self._model, None)  # a writer before us may have changed the model
             with self._lock, transaction(self._conn):
-                seconds = float(self._meta("build_seconds") or 0) + time.monotonic() - start
-                self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('build_seconds', ?)",
-                                   (f"{seconds:.3f}",))
-        with self._lock:
-            if commits:
-                self._vectors.reload()  # write vectors.faiss and names.faiss for the final generation
-                self._names.reload()
+                self._conn.executemany("INSERT OR IGNORE INTO roots VALUES (?, ?, ?)",
+                                       [(os.fsencode(r), display_path(r), now_iso()) for r in abs_roots])
+            run = {"workers": workers, "progress": activity.wrap(progress), "batch_size": batch_size,
+                   "max_duration": max_duration}
+            try:
+                commits = self._rebuild(abs_roots, report, run) if self._pending is not None else \
+                    self._update_rows(self._conn, lambda: self.model, abs_roots, report, run)
+            except sqlite3.DatabaseError:
+                self._check_present("while indexing")  # SQLite refuses writes to a moved file: say why
+                raise
+            finally:
+                if _file_id(self.index_dir / DB_NAME) == self._db_id:
+                    with self._lock, transaction(self._conn):
+                        seconds = float(self._meta("build_seconds") or 0) + time.monotonic() - start
+                        self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('build_seconds', ?)",
+                                           (f"{seconds:.3f}",))
+            self._check_present("while indexing")
+            with self._lock:
+                if commits:
+                    self._vectors.reload()  # write vectors.faiss and names.faiss for the final generation
+                    self._names.reload()
         report.wall_seconds = time.monotonic() - start
         return report
+
+    def _update_rows(self, conn: sqlite3.Connection, model: Any, roots: list[str], report: UpdateReport,
+                     run: dict[str, Any], sentences: TextEncoder | None = None) -> int:
+        """The incremental update of `conn`'s rows, then their name vectors; returns the commits made."""
+        encode = sentences.encode if sentences is not None else (lambda texts: self.sentences.encode(texts))
+        commits = Updater(conn, self._lock, model).run(roots, report, **run)
+        return commits + fill_name_vectors(conn, self._lock, encode)
+
+    def _rebuild(self, roots: list[str], report: UpdateReport, run: dict[str, Any]) -> int:
+        """Embed `roots` with the pending model into a staging index, then swap its rows in at one commit.
+
+        Until the swap, readers (a server) keep the old index, whole; after it they see the new one, whole,
+        and reload the model (`refresh`). A run killed midway leaves the old index as it was; the staging
+        folder is removed by the next writer.
+        """
+        assert self._pending is not None
+        model, name = self._pending
+        staging = self.index_dir / STAGING_NAME
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        (staging / "pid").write_text(str(os.getpid()))
+        meta = {"model_id": model.model_id, "dim": str(model.dim),
+                "audio_model_id": getattr(model, "audio_model_id", model.model_id),
+                "model_name": name or getattr(model, "source", None) or model.model_id}
+        sentences = sentence_encoder(model)
+        conn = connect(staging / DB_NAME)
+        try:
+            with transaction(conn):
+                conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
+            commits = self._update_rows(conn, lambda: model, roots, report, run, sentences)
+        finally:
+            conn.close()
+        self._check_present("while indexing")
+        with self._lock:
+            replace_rows(self._conn, staging / DB_NAME, meta)
+            self._model, self._sentences, self._hybrid, self._pending = model, sentences, None, None
+            self._vectors.forget()
+            self._names.forget()
+        shutil.rmtree(staging, ignore_errors=True)
+        return commits + 1
+
+    def _check_present(self, when: str) -> None:
+        """Raise when the index folder was deleted or replaced since it was opened (writes would be lost)."""
+        if _file_id(self.index_dir / DB_NAME) == self._db_id:
+            return
+        if when == "while in use":
+            raise LibraryError(f"the index {self.index_dir} is gone: its folder was deleted or replaced "
+                               f"while in use; restore it or re-index with: audiofind index PATH --index "
+                               f"{self.index_dir}, then restart")
+        raise LibraryError(f"the index folder {self.index_dir} was deleted or replaced {when}; nothing of "
+                           f"this run was kept: run audiofind index PATH --index {self.index_dir} again")
 
     # ------------------------------------------------------------ searching
 
     def refresh(self) -> bool:
-        """Pick up changes another process committed; True when there were any."""
+        """Pick up changes another process committed (new rows, or a rebuild with another model, whose model
+        is then loaded on the next need); True when there were any. Raises LibraryError when the index
+        folder was deleted meanwhile."""
         with self._lock:
-            if not (self._vectors.is_stale() or self._names.is_stale()):
+            self._check_present("while in use")
+            recorded = self._meta("model_id")
+            model_changed = self._pending is None and self._model is not None and recorded is not None \
+                and recorded != self._model.model_id and not self._same_audio_side(recorded, self._model)
+            if model_changed:
+                self._model = self._sentences = self._hybrid = None
+            if not (model_changed or self._vectors.is_stale() or self._names.is_stale()):
                 return False
             self._vectors.forget()
             self._names.forget()
@@ -402,6 +499,44 @@ class Library:
                 "build_seconds": round(float(self._meta("build_seconds") or 0), 2),
                 "index_kind": kind,
             }
+
+
+def _prepare_folder(index_dir: Path, create: bool) -> Path:
+    """The database path in `index_dir`, made when `create`; odd places (a file, unwritable) fail clearly."""
+    db_path = index_dir / DB_NAME
+    if index_dir.exists() and not index_dir.is_dir():
+        raise LibraryError(f"{index_dir} is a file, not an index folder; give --index a folder (a new one, "
+                           "or one holding an audiofind index)")
+    if db_path.exists():
+        if db_path.is_dir():
+            raise LibraryError(f"{db_path} is a folder, not an index database; give --index another folder")
+        return db_path
+    if not create:
+        raise IndexNotFoundError(f"no audiofind index at {index_dir}; "
+                                 f"build one with: audiofind index PATH --index {index_dir}")
+    try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LibraryError(f"cannot create the index folder {index_dir}: {e.strerror or e}; give --index a "
+                           "folder you can write") from None
+    if not os.access(index_dir, os.W_OK):
+        raise LibraryError(f"cannot create an index in {index_dir}: the folder is not writable; give --index "
+                           "a folder you can write")
+    return db_path
+
+
+def _read_only_message(index_dir: Path) -> str:
+    return (f"the index {index_dir} is read-only here (searching works; indexing needs write access to the "
+            "folder and its library.sqlite)")
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, None when it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _load_model(name: str | None, device: str = "cpu") -> EmbeddingModel:

@@ -22,8 +22,21 @@ class IndexNotFoundError(LibraryError):
     """No index where one was expected."""
 
 
+class IndexBusyError(LibraryError):
+    """Another process holds the index's write lock and the caller chose not to wait."""
+
+    exit_code = 75  # EX_TEMPFAIL, what `audiofind index --no-wait` exits with: try again later
+
+
 class ModelMismatchError(LibraryError):
     """The index holds vectors from another model; mixing spaces would return nonsense."""
+
+
+def damaged_message(error: Exception) -> str:
+    """One line for damaged SQLite pages a query ran into (a decoding error would quote the garbage)."""
+    reason = str(error).split(" with text ")[0][:120]
+    return (f"the index is damaged ({reason}); restore a backup of the index folder, or build a new one "
+            "with: audiofind index PATH --index NEW_FOLDER")
 
 
 # ---------------------------------------------------------------- results

@@ -49,6 +49,7 @@ class VectorSearcher:
         self._present = f"length({column}) > 0"
         self._index: faiss.Index | None = None
         self._index_generation = -1
+        self.persist = True  # False for a read-only index: build in memory, write no cache file
 
     def _generation(self) -> int:
         return int(read_meta(self.conn, "generation") or 0)
@@ -98,6 +99,8 @@ class VectorSearcher:
             kind = self._wanted_kind(n)
             index = self._build(kind, n)
         self._index, self._index_generation = index, generation
+        if not self.persist:
+            return
         try:
             write_faiss_file(path, index, {"generation": generation, "kind": kind, "count": int(index.ntotal),
                                             "model_id": read_meta(self.conn, "model_id")})

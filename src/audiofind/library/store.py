@@ -227,8 +227,14 @@ def _statements(script: str) -> Iterator[str]:
             pending = ""
 
 
-def connect(db_path: Path) -> sqlite3.Connection:
-    """Open in WAL mode and autocommit, creating the schema; 'not a database' becomes a clear error."""
+def connect(db_path: Path, read_only: bool = False) -> sqlite3.Connection:
+    """Open in WAL mode and autocommit, creating the schema; 'not a database' becomes a clear error.
+
+    `read_only` opens without writing anything (no schema, no WAL switch), for an index in a folder this
+    process may not write: searching works, indexing does not.
+    """
+    if read_only:
+        return _connect_read_only(db_path)
     try:
         conn = sqlite3.connect(db_path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # only takes effect on a new, empty database
@@ -260,7 +266,8 @@ def connect(db_path: Path) -> sqlite3.Connection:
         if conn.execute("PRAGMA page_size").fetchone()[0] < PAGE_SIZE:  # an index made before schema 3
             repack(conn)
     except sqlite3.DatabaseError as e:
-        raise LibraryError(f"{db_path} is not a readable audiofind index: {e}") from e
+        raise LibraryError(f"{db_path} is not a readable audiofind index: {e}; restore a backup of its "
+                           "folder, or build a new one with: audiofind index PATH --index NEW_FOLDER") from e
     return conn
 
 
@@ -307,3 +314,44 @@ def repack(conn: sqlite3.Connection) -> bool:
 
 def _half(blob: bytes) -> bytes:
     return vector_blob(np.frombuffer(blob, dtype="<f4"))
+
+
+def _connect_read_only(db_path: Path) -> sqlite3.Connection:
+    """mode=ro, or immutable when even the WAL index (-shm) cannot be made; the schema must be current."""
+    uri = Path(os.path.abspath(db_path)).as_uri() + "?mode=ro"
+    try:
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+            version = read_meta(conn, "schema_version")
+        except sqlite3.OperationalError:  # a WAL database in a folder where no -shm file can be created
+            conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+            version = read_meta(conn, "schema_version")
+    except sqlite3.DatabaseError as e:
+        raise LibraryError(f"{db_path} is not a readable audiofind index: {e}") from e
+    if version != str(SCHEMA_VERSION):
+        conn.close()
+        raise LibraryError(f"{db_path}: index schema version {version} cannot be read from a read-only "
+                           f"folder (this audiofind reads version {SCHEMA_VERSION}); open it once where it "
+                           "is writable to upgrade it")
+    return conn
+
+
+def replace_rows(conn: sqlite3.Connection, staging_db: Path, meta: dict[str, str]) -> None:
+    """Replace every clip and failure with a finished staging index's, and set `meta`, in one transaction.
+
+    Readers (WAL snapshots) see the old rows until the commit and the new ones after it, never a mix;
+    favourites, collections and roots stay, since they live in other tables.
+    """
+    conn.execute("ATTACH DATABASE ? AS staging", (os.fspath(staging_db),))
+    try:
+        columns = ", ".join(row[1] for row in conn.execute("PRAGMA main.table_info(files)"))
+        with transaction(conn):
+            conn.execute("DELETE FROM main.files")
+            conn.execute(f"INSERT INTO main.files ({columns}) SELECT {columns} FROM staging.files")
+            conn.execute("DELETE FROM main.failures")
+            conn.execute("INSERT INTO main.failures SELECT * FROM staging.failures")
+            conn.executemany("INSERT OR REPLACE INTO main.meta VALUES (?, ?)", list(meta.items()))
+            bump_generation(conn)
+    finally:
+        conn.execute("DETACH DATABASE staging")

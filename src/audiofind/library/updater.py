@@ -4,7 +4,8 @@ Unchanged files are skipped by (size, mtime); changed ones are hashed, and only 
 before goes through the model. Moved files keep their vector (same content hash), copies reuse it.
 Every row written carries the file's text record (`metadata.build_text_record`: name, folders, tags),
 which triggers mirror into the FTS5 table in the same transaction. Row changes go through a `Writer`,
-so a crash loses at most a few seconds of work.
+so a crash loses at most a few seconds of work. It is longer than 400 lines because the per-file decision
+(unchanged, moved, copied, changed, failed, too short) is one pass that reads best in one place.
 """
 
 from __future__ import annotations

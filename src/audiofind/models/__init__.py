@@ -8,9 +8,9 @@ dual encoder (`dual_encoder`). Modules here may import the ground floor (`audiof
 """
 
 from .base import AudioEmbeddings, EmbeddingModel
-from .factory import DEFAULT_MODEL, load_model, sentence_encoder, zero_shot_presets
+from .factory import DEFAULT_MODEL, audio_model_id_of, load_model, sentence_encoder, zero_shot_presets
 
 __all__ = [
-    "AudioEmbeddings", "DEFAULT_MODEL", "EmbeddingModel", "load_model", "sentence_encoder",
-    "zero_shot_presets",
+    "AudioEmbeddings", "DEFAULT_MODEL", "EmbeddingModel", "audio_model_id_of", "load_model",
+    "sentence_encoder", "zero_shot_presets",
 ]

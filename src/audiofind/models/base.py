@@ -19,7 +19,8 @@ class AudioEmbeddings:
 class EmbeddingModel(Protocol):
     """Anything that puts audio and text into one space where cosine similarity means relevance."""
 
-    model_id: str  # recorded in an index; searching with another model is refused
+    model_id: str  # recorded in an index; searching with another model is refused...
+    audio_model_id: str  # ...unless it has this audio side: clip vectors depend on nothing else
     source: str  # what `load_model` takes to rebuild this model (a name or a checkpoint path)
     dim: int
     sample_rate: int

@@ -434,6 +434,11 @@ class DualEncoderModel:
         self.dim = network.config.embed_dim
         self.batch_size = batch_size
 
+    @property
+    def audio_model_id(self) -> str:
+        """Clip vectors come from the trained audio tower, so they are only compatible within one file."""
+        return self.model_id
+
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "cpu") -> DualEncoderModel:
         """Rebuild the network from the config inside the file, then load its weights strictly."""

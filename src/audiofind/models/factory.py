@@ -8,6 +8,7 @@ from .base import EmbeddingModel
 
 if TYPE_CHECKING:
     from .encoders.text import TextEncoder
+    from .zeroshot import ZeroShotConfig
 
 DEFAULT_MODEL = "default"
 
@@ -20,6 +21,24 @@ def zero_shot_presets() -> dict:
     return {DEFAULT_MODEL: ZeroShotConfig(), "full-window": ZeroShotConfig(pad_to_s=10.0)}
 
 
+def _known_zero_shot() -> list[tuple[str, ZeroShotConfig]]:
+    """(name `load_model` knows it by, config) of each preset, then each preset on the similarity bridge
+    (`text_bridge=""`, the default before the trained bridge) known by its model id: old indexes hold it."""
+    from dataclasses import replace
+
+    presets = list(zero_shot_presets().items())
+    similarity = [replace(config, text_bridge="") for _, config in presets]
+    return presets + [(config.model_id, config) for config in similarity]
+
+
+def audio_model_id_of(model_id: str) -> str | None:
+    """The audio side (`audio_model_id`) of a zero-shot model id this version knows, else None."""
+    for _, config in _known_zero_shot():
+        if config.model_id == model_id:
+            return config.audio_model_id
+    return None
+
+
 def load_model(name: str | None = None, device: str = "cpu") -> EmbeddingModel:
     """Build a model from a name ("default", "full-window", a zero-shot model id) or a trained checkpoint."""
     from pathlib import Path
@@ -27,7 +46,7 @@ def load_model(name: str | None = None, device: str = "cpu") -> EmbeddingModel:
     from .zeroshot import ZeroShotModel
 
     name = name or DEFAULT_MODEL
-    for preset, config in zero_shot_presets().items():
+    for preset, config in _known_zero_shot():
         if name in (preset, config.model_id):
             return ZeroShotModel(config, device=device, source=preset)
     path = Path(name).expanduser()

@@ -1,9 +1,10 @@
-"""Zero-shot retrieval with no training: an AudioSet tagger bridged to a sentence encoder through class texts.
+"""Zero-shot retrieval, no audio training: an AudioSet tagger bridged to a sentence encoder via class texts.
 
 A clip becomes its (calibrated) AudioSet class probabilities; a query becomes a soft assignment over the
-same classes from the text similarity between the query and each class's text. Both live in one
-527-d space, so search is one inner product and works with FAISS. BENCHMARKS.md holds the ablations
-that chose the defaults below.
+same classes, from the trained text bridge (`text_bridge`: the similarity between the query and each
+class's text, corrected per class on AudioCaps captions) or, with `text_bridge=""`, from that similarity
+alone. Both live in one 527-d space, so search is one inner product and works with FAISS. BENCHMARKS.md
+holds the ablations that chose the defaults below.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .base import AudioEmbeddings
 from .encoders.efficientat import MobileNetTagger
 from .encoders.text import DEFAULT_TEXT_MODEL, TextEncoder
 from .tagging import AudioSetVocabulary
+from .text_bridge import DEFAULT_TEXT_BRIDGE, TextBridge
 
 DEFAULT_TAGGER = "mn04_as_mAP_432.pt"
 BULK_SAMPLES = 30 * SAMPLE_RATE  # audio in one call beyond which freezing the tagger pays off
@@ -46,11 +48,29 @@ class ZeroShotConfig:
     audio_power: float = 0.25  # clip vector = probabilities ** power (sharpens or flattens the tag profile)
     query_temperature: float = 0.1  # softmax temperature over query-class cosine similarities
     query_top: int = 20  # keep only the top classes of a query (0 = all)
+    # ---- trained text bridge (text_bridge.py): a package asset; "" = the similarity bridge above.
+    # When set, it alone maps query sentences to class vectors: label_style, query_temperature and
+    # query_top then only matter for the similarity bridge.
+    text_bridge: str = DEFAULT_TEXT_BRIDGE
 
     @property
     def model_id(self) -> str:
-        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        fields = asdict(self)
+        if not self.text_bridge:
+            del fields["text_bridge"]  # configs of the similarity bridge keep the ids they had before it
+        digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
         return f"zeroshot-{self.tagger.split('_')[0]}-{self.text_model.split('/')[-1]}-{digest}"
+
+    @property
+    def audio_model_id(self) -> str:
+        """Hash of only what shapes clip vectors: indexes with equal audio ids hold interchangeable vectors,
+        whatever turns queries into vectors (text bridge, temperature, ...)."""
+        keys = ["tagger", "window_s", "hop_s", "pad_to_s", "pooling", "audio_power", "space"]
+        if self.space == "text":  # clips are then projected onto the class texts
+            keys += ["text_model", "label_style"]
+        fields = {k: getattr(self, k) for k in keys}
+        digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+        return f"zeroshot-audio-{self.tagger.split('_')[0]}-{digest}"
 
 
 def pool_windows(probs: np.ndarray, how: str) -> np.ndarray:
@@ -82,6 +102,7 @@ class ZeroShotModel:
         self._frozen = False
         self.vocab = AudioSetVocabulary.default()
         self.model_id = self.config.model_id
+        self.audio_model_id = self.config.audio_model_id  # what clip vectors depend on (see ZeroShotConfig)
         self.source = source or self.model_id  # the name `load_model` knows it by
         self.dim = len(self.vocab) if self.config.space == "class" else self.text_encoder.dim
 
@@ -102,6 +123,21 @@ class ZeroShotModel:
     def text_encoder(self) -> TextEncoder:
         """Loaded on first use: indexing needs no text model in the class space."""
         return TextEncoder(self.config.text_model).to(self.device)
+
+    @cached_property
+    def text_bridge(self) -> TextBridge | None:
+        """The trained query-side bridge named by the config, checked against the text model and classes."""
+        if not self.config.text_bridge:
+            return None
+        bridge = TextBridge.load(resolve_asset(self.config.text_bridge))
+        mids = [c.mid for c in self.vocab.classes]
+        if bridge.meta.get("text_model") != self.config.text_model or bridge.meta.get("mids") != mids:
+            raise ValueError(
+                f"text bridge {self.config.text_bridge} was trained for text model "
+                f"{bridge.meta.get('text_model')!r} and other classes; "
+                f"this model uses {self.config.text_model!r}"
+            )
+        return bridge
 
     @cached_property
     def phrase_vectors(self) -> tuple[np.ndarray, np.ndarray]:
@@ -187,6 +223,8 @@ class ZeroShotModel:
         """Turn sentence vectors into search vectors: a soft class assignment in the class space."""
         if self.config.space == "text":
             return _normalise(text_vectors)
+        if self.text_bridge is not None:
+            return self.text_bridge.query_vectors(text_vectors)
         sims = self.class_similarities(text_vectors) / self.config.query_temperature
         if self.config.query_top:
             cutoff = -np.sort(-sims, axis=1)[:, self.config.query_top - 1: self.config.query_top]

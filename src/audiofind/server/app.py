@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -35,7 +36,7 @@ from starlette.routing import Match
 
 from .. import __version__
 from ..audio import AUDIO_EXTENSIONS
-from ..library import Library, LibraryError, SearchResult
+from ..library import Library, LibraryError, SearchResult, damaged_message
 from ..library.fusion import is_weak
 from ..library.queries import PATH_PREFIX_PATTERN, QUERY_PATTERN, QueryError, check_filters
 from .errors import ApiError, error_response
@@ -53,7 +54,7 @@ from .schemas import (
     strict_json_fields,
 )
 from .security import LOOPBACK_NAMES, SESSION_COOKIE, BodyTooLarge, Guard, session_cookie_value
-from .service import LibraryService, Limits
+from .service import LibraryService, Limits, clean_stale_uploads, upload_prefix
 from .streaming import CHUNK_BYTES, audio_response
 from .workbench import MAX_OVERFETCH, search_with_formats
 
@@ -122,6 +123,7 @@ def create_app(
     """
     limits = limits or Limits()
     own_library = library is None
+    clean_stale_uploads()  # a server killed mid-upload left its temp copy
     if library is None:
         library = Library.open(index_dir, model=model, device=device)
     service = LibraryService(library, limits)
@@ -207,6 +209,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LibraryError)
     async def _library_error(_: Request, exc: LibraryError) -> JSONResponse:
         return error_response(503, "the index is not available", str(exc))
+
+    @app.exception_handler(sqlite3.DatabaseError)
+    async def _damaged(_: Request, exc: sqlite3.DatabaseError) -> JSONResponse:
+        return error_response(503, "the index is not available", damaged_message(exc))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -507,7 +513,7 @@ async def _similar_upload(
         raise ApiError(413, "upload too large", {"limit_bytes": limits.max_upload_bytes})
 
     def run() -> list[SearchResult]:
-        with tempfile.NamedTemporaryFile(prefix="audiofind-upload-", suffix=suffix) as tmp:
+        with tempfile.NamedTemporaryFile(prefix=upload_prefix(), suffix=suffix) as tmp:
             upload.file.seek(0)
             shutil.copyfileobj(upload.file, tmp, CHUNK_BYTES)
             tmp.flush()

@@ -22,8 +22,8 @@ import numpy as np
 
 from .. import __version__
 from ..audio import AudioDecodeError, load_audio, probe
-from ..library import ClipRecord, Library, SearchResult
-from ..library.activity import read_activity
+from ..library import ClipRecord, Library, LibraryError, SearchResult
+from ..library.activity import pid_alive, read_activity
 from ..paths import display_path
 from .errors import ApiError
 
@@ -56,6 +56,8 @@ class LibraryService:
         self._model_lock = threading.Lock()  # torch modules are not guaranteed re-entrant across threads
         self._refresh_lock = threading.Lock()
         self._next_refresh = 0.0
+        self._gone: LibraryError | None = None  # the index folder vanished: every request says so
+        self._model_id = library.model_id
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._batcher = _TextBatcher(self._encode_batch)
@@ -67,13 +69,28 @@ class LibraryService:
     # ------------------------------------------------------------ freshness
 
     def maybe_refresh(self) -> None:
-        """At most once a second, pick up an index another process (`audiofind index`) committed."""
+        """At most once a second, pick up an index another process (`audiofind index`) committed.
+
+        A rebuild with another model drops the cached query vectors (the library reloads the model); an
+        index folder deleted under the server fails every request with the LibraryError saying so (503).
+        """
         now = time.monotonic()
         if now < self._next_refresh or not self._refresh_lock.acquire(blocking=False):
+            if self._gone is not None:
+                raise self._gone
             return
         try:
             self._next_refresh = now + REFRESH_INTERVAL_S
-            self.library.refresh()
+            try:
+                changed = self.library.refresh()
+            except LibraryError as e:
+                self._gone = e
+                raise
+            self._gone = None
+            if changed and self.library.model_id != self._model_id:
+                with self._cache_lock:
+                    self._text_cache.clear()
+                self._model_id = self.library.model_id
         finally:
             self._refresh_lock.release()
 
@@ -97,8 +114,11 @@ class LibraryService:
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         """Run by the batcher: one forward pass for every query waiting, then remember them."""
         with self._model_lock:
-            vectors = self.library.model.encode_text(texts)
+            model = self.library.model
+            vectors = model.encode_text(texts)
         with self._cache_lock:
+            if model.model_id != self._model_id:  # the index changed model meanwhile: do not cache
+                return vectors
             for text, vec in zip(texts, vectors, strict=True):
                 self._text_cache[text] = vec
             while len(self._text_cache) > TEXT_CACHE_ENTRIES:
@@ -270,6 +290,31 @@ class LibraryService:
         roots = [display_path(r) for r in self.library.roots()]
         return {"status": "ok", "version": __version__, **stats, "roots": roots,
                 "indexing": read_activity(self.library.index_dir), "limits": asdict(self.limits)}
+
+
+UPLOAD_PREFIX = "audiofind-upload-"
+
+
+def upload_prefix() -> str:
+    """The temp-file prefix of this process's uploads: the pid lets the next start tell leftovers apart."""
+    return f"{UPLOAD_PREFIX}{os.getpid()}-"
+
+
+def clean_stale_uploads(folder: str | None = None) -> int:
+    """Delete upload temp files whose server process is gone (killed mid-request); returns how many."""
+    import tempfile
+
+    removed = 0
+    with os.scandir(folder or tempfile.gettempdir()) as entries:
+        for entry in entries:
+            pid = entry.name[len(UPLOAD_PREFIX):].split("-", 1)[0]
+            if entry.name.startswith(UPLOAD_PREFIX) and pid.isdigit() and not pid_alive(int(pid)):
+                try:
+                    os.unlink(entry.path)
+                    removed += 1
+                except OSError:
+                    pass  # another user's file, or removed meanwhile
+    return removed
 
 
 class _TextBatcher:
