@@ -117,21 +117,14 @@ class Library:
         """Open (with `create`, make) the index in `index_dir`; `model` None loads the index's model lazily.
 
         `model` may be a loaded EmbeddingModel or a name/checkpoint for `load_model`; either must match the
-<<<<<<< HEAD
-        model the index was built with, unless `rebuild` empties the index first (the next `update`
-        re-embeds everything, e.g. after the default model changed). `index_kind` is "auto" (exact
-        below vector_index.APPROX_THRESHOLD clips, IVF above, IVF over PQ codes re-scored from the stored
-        vectors above COMPACT_THRESHOLD), "flat", "ivf", "ivfpq" or "hnsw". `device`: "cpu",
-        "cuda" or "mps", where a model loaded by name runs.
-=======
         model the index was built with, unless `rebuild`: then the next `update` embeds its roots with
         `model` into a staging index beside this one and swaps it in whole when complete (readers keep
         the old index until then; the other roots' clips are dropped, favourites and collections kept).
-        `index_kind` is "auto" (exact below vector_index.APPROX_THRESHOLD clips, IVF above), "flat",
-        "ivf" or "hnsw". `device`: "cpu", "cuda" or "mps", where a model loaded by name runs.
+        `index_kind` is "auto" (exact below vector_index.APPROX_THRESHOLD clips, IVF above, IVF over PQ
+        codes re-scored from the stored vectors above COMPACT_THRESHOLD), "flat", "ivf", "ivfpq" or
+        "hnsw". `device`: "cpu", "cuda" or "mps", where a model loaded by name runs.
         `read_only` (None: when the folder or database is not writable) opens without writing: searching
         works, `update` refuses.
->>>>>>> main
         """
         if index_kind not in ("auto", "flat", "ivf", "ivfpq", "hnsw"):
             raise ValueError(f"index_kind must be auto, flat, ivf, ivfpq or hnsw, got {index_kind!r}")
