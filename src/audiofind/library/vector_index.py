@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 APPROX_THRESHOLD = 50_000  # clips; above this "auto" switches from exact to IVF search
 COMPACT_THRESHOLD = 250_000  # clips; above this "auto" keeps PQ codes, not vectors, in FAISS (BENCHMARKS.md)
 DEFAULT_NPROBE = 16
-REFINE_FACTOR = 10  # "ivfpq" re-scores this many times k candidates exactly, from the stored vectors
+REFINE_FACTOR = 20  # "ivfpq" re-scores this many times k candidates exactly (recall@10 0.96 at 10^6)
 TRAIN_PER_LIST = 64  # k-means sample: points per IVF list (FAISS's own cap), so training never needs all rows
 KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 OPQ_MIN_TRAIN = 10_000  # "ivfpq" rotates (OPQ) when it has this many training points, else plain PQ
