@@ -149,6 +149,15 @@ def test_ivfpq_family_re_scored_from_stored_vectors(tmp_path, monkeypatch):
     header, index = read_faiss_file(tmp_path / "index" / FAISS_NAME)
     rotation = faiss.downcast_VectorTransform(index.chain.at(0))  # OPQ, saved as its linear map
     assert header["kind"] == "ivfpq" and isinstance(rotation, faiss.LinearTransform) and rotation.d_out == 32
+    with sqlite3.connect(tmp_path / "index" / DB_NAME) as conn:  # an update: other vectors, next generation
+        conn.executemany("UPDATE files SET vector = ? WHERE id = ?",
+                         [(vector_blob(v), i + 1) for i, v in enumerate(profiles(3000, seed=9))])
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+    with Library.open(tmp_path / "index", index_kind="ivfpq", nprobe=8) as lib:
+        lib.search_vector(queries[0], k=10)  # rebuilt on the trained rotation and lists, not retrained
+    rebuilt = read_faiss_file(tmp_path / "index" / FAISS_NAME)[1]  # held: the rotation lives inside it
+    again = faiss.downcast_VectorTransform(rebuilt.chain.at(0))
+    assert (faiss.vector_to_array(again.A) == faiss.vector_to_array(rotation.A)).all()
     recall = np.mean([len(set(g) & set(t)) / 10 for g, t in zip(got, truth, strict=True)])
     assert recall >= 0.9, recall
     assert len(filtered) == 5 and all(r.duration >= 6.5 for r in filtered)

@@ -24,6 +24,7 @@ from .vector_index import (
     default_nlist,
     empty_faiss_index,
     faiss_index_kind,
+    ivf_kind,
     read_faiss_file,
     search_faiss,
     train_sample_size,
@@ -125,16 +126,14 @@ class VectorSearcher:
         """The trained IVF index in memory or on disk, if its family and list count still suit `n` clips."""
         import faiss
 
-        from .vector_index import ivf_kind
-
         previous = self._index
         if previous is None:
             loaded = read_faiss_file(self.index_dir / self.file_name)
             previous = loaded[1] if loaded is not None else None
         ivf = faiss.try_extract_index_ivf(previous) if previous is not None else None
-        if ivf is None or not ivf.is_trained or ivf_kind(ivf) != kind or ivf.d != self._dim():
+        if ivf is None or not ivf.is_trained or ivf_kind(ivf) != kind or previous.d != self._dim():
             return None
-        return ivf if 0.5 <= ivf.nlist / default_nlist(n) <= 2 else None
+        return previous if 0.5 <= ivf.nlist / default_nlist(n) <= 2 else None  # whole: OPQ included
 
     def vector_chunks(self, ids: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) of all rows (or of `ids`), CHUNK rows at a time, in id order."""
