@@ -410,8 +410,8 @@ def test_bad_files_are_skipped_with_reasons(tmp_path, model, monkeypatch):
 
     real_scan = updater.scan_roots
 
-    def scan_then_delete(roots, report):
-        found = real_scan(roots, report)
+    def scan_then_delete(roots, report, *rest):
+        found = real_scan(roots, report, *rest)
         doomed.unlink()  # vanishes between listing and reading
         return found
 

@@ -282,8 +282,8 @@ def test_fifos_are_skipped_with_a_reason_never_opened_blocking(tmp_path, monkeyp
     swapped_at_hash, swapped_at_decode = clips[0], clips[1]
     real_scan, real_hash = updater.scan_roots, updater.hash_file
 
-    def scan_then_swap(roots, report):
-        found = real_scan(roots, report)
+    def scan_then_swap(roots, report, *rest):
+        found = real_scan(roots, report, *rest)
         swapped_at_hash.unlink()
         os.mkfifo(swapped_at_hash)  # a FIFO swapped in after the listing
         return found

@@ -24,7 +24,8 @@ from ..library import Library, LibraryError, SearchResult, UpdateReport, damaged
 from ..library.fusion import MODES, is_weak
 from ..library.queries import QueryError, check_filters, check_query
 from ..paths import display_path, terminal_text
-from .options import DeviceOpt, default_index_help, resolve_device
+from .manage import IndexPathsArg, PruneOpt, path_text, print_index_notes
+from .options import DeviceOpt, RayOpt, default_index_help, resolve_device
 
 app = typer.Typer(
     name="audiofind",
@@ -152,8 +153,7 @@ def print_results(results: list[SearchResult]) -> None:
     typer.echo(f"{'rank':>4}  {'score':>6}  {'dur(s)':>7}  {'tags':<40}  path")
     for rank, r in enumerate(results, 1):
         tags_col = _tags_text(r.tags)
-        typer.echo(f"{rank:>4}  {r.score:>6.3f}  {r.duration:>7.2f}  {tags_col:<40}  "
-                   f"{terminal_text(r.display_path)}")
+        typer.echo(f"{rank:>4}  {r.score:>6.3f}  {r.duration:>7.2f}  {tags_col:<40}  {path_text(r)}")
 
 
 def print_matches(results: list[SearchResult], weak: str | None = None) -> None:
@@ -165,9 +165,8 @@ def print_matches(results: list[SearchResult], weak: str | None = None) -> None:
         return
     typer.echo(f"{'rank':>4}  {'match':>5}  {'dur(s)':>7}  {'why':<40}  path")
     for rank, r in enumerate(results, 1):
-        why = _why_text(r)
-        typer.echo(f"{rank:>4}  {r.match or 0:>5.2f}  {r.duration:>7.2f}  {terminal_text(why):<40}  "
-                   f"{terminal_text(r.display_path)}")
+        why = terminal_text(_why_text(r))
+        typer.echo(f"{rank:>4}  {r.match or 0:>5.2f}  {r.duration:>7.2f}  {why:<40}  {path_text(r)}")
 
 
 def weak_match_note(found: list[SearchResult]) -> str | None:
@@ -205,7 +204,7 @@ def _summary(report: UpdateReport, stats: dict[str, Any]) -> str:
 
 @app.command("index")
 def index_cmd(
-    paths: Annotated[list[str], typer.Argument(help="Folders (searched recursively) or audio files.")],
+    paths: IndexPathsArg = None,
     index: IndexOpt = None,
     workers: Annotated[
         int | None,
@@ -216,30 +215,32 @@ def index_cmd(
     rebuild: Annotated[
         bool, typer.Option("--rebuild", help="Forget all clips and re-embed PATHS (after a model change).")
     ] = False,
+    prune: PruneOpt = False,
     json_out: JsonOpt = False,
     device: DeviceOpt = "auto",
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="Exit (code 75) instead of waiting while another run writes the "
                            "index.")
     ] = False,
+    ray: RayOpt = None,
 ) -> None:
-    """Add new and changed audio files under PATHS to the index; drop the ones that are gone.
-
-    One run writes an index at a time: a second waits for the first unless --no-wait.
-    """
+    """Add new and changed audio files under PATHS to the index; drop the ones that are gone. With no
+    PATHS, refresh every folder indexed before (one that is gone is reported; --prune drops it).
+    One run writes an index at a time: a second waits for the first unless --no-wait."""
+    paths = paths or []
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise fail(f"no such file or folder: {', '.join(terminal_text(display_path(p)) for p in missing)}", 2)
     dev = _device(device)
-    with errors(), Library.open(index, model=model, create=True, rebuild=rebuild, device=dev) as lib:
-        report = lib.update(paths, workers=workers, progress=not quiet, wait=not no_wait)
+    with errors(), Library.open(index, model=model, create=bool(paths), rebuild=rebuild, device=dev) as lib:
+        pruned = lib.prune_missing(wait=not no_wait) if prune else None
+        report = lib.update(paths, workers=workers, progress=not quiet, wait=not no_wait, ray=ray)
         stats = lib.stats()
     if json_out:
-        _print_json(report.to_dict() | {"index": stats})
+        _print_json(report.to_dict() | {"index": stats} | ({"pruned": pruned.to_dict()} if pruned else {}))
     else:
         typer.echo(_summary(report, stats))
-    for path, reason in report.skipped:
-        typer.echo(f"skipped {terminal_text(path)}: {terminal_text(reason)}", err=True)
+    print_index_notes(report, pruned)
 
 
 @app.command()
@@ -376,11 +377,13 @@ def _register_subcommands() -> None:
     """The research and serving commands live in their own modules, each importing its heavy deps lazily."""
     from .data import data_app
     from .evaluate import register as register_eval
+    from .manage import register as register_manage
     from .serve import register as register_serve
     from .train import register as register_train
 
     app.add_typer(data_app, name="data")
     register_eval(app)
+    register_manage(app)
     register_train(app)
     register_serve(app)
 

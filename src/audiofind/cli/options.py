@@ -13,6 +13,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_METAVAR = "auto|cpu|cuda|mps"
 DEVICE_HELP = "Where the model runs; auto picks a CUDA or Apple GPU when torch sees one, else the CPU."
 DeviceOpt = Annotated[str, typer.Option("--device", metavar=DEVICE_METAVAR, help=DEVICE_HELP)]
+RAY_HELP = ("Hash, decode and embed on a Ray cluster: 'auto', ray://HEAD:10001, HEAD:6379 or 'local'; PATHS "
+            "must be readable there at the same place. -j: its workers (default: one per CPU, or per GPU).")
+RayOpt = Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help=RAY_HELP)]
 
 
 def resolve_device(device: str) -> str:

@@ -7,7 +7,7 @@ decoding in worker processes), `searcher` and `vector_index` (the FAISS side der
 Modules here may import the ground floor and `audiofind.models`, never `research`, `server` or `cli`.
 """
 
-from .core import Library
+from .core import Library, content_hash
 from .records import (
     ClipRecord,
     IndexBusyError,
@@ -23,5 +23,5 @@ from .store import DB_NAME, FAISS_NAME, INDEX_ENV, default_index_dir
 __all__ = [
     "DB_NAME", "FAISS_NAME", "INDEX_ENV", "ClipRecord", "IndexBusyError", "IndexNotFoundError", "Library",
     "LibraryError", "ModelMismatchError", "SearchResult", "UpdateReport", "damaged_message",
-    "default_index_dir",
+    "content_hash", "default_index_dir",
 ]

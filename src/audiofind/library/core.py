@@ -34,6 +34,7 @@ from ..paths import display_path
 from .activity import STAGING_NAME, UpdateActivity, clean_leftovers
 from .collections import Collections
 from .hybrid import HybridSearch, TextSearcher
+from .manage import exclusions, plan_update, prune_missing, remove_paths
 from .names import fill_name_vectors
 from .queries import check_search
 from .records import (
@@ -42,6 +43,7 @@ from .records import (
     LibraryError,
     ModelMismatchError,
     Progress,
+    RemovalReport,
     SearchResult,
     UpdateReport,
 )
@@ -54,7 +56,6 @@ from .store import (
     blob_vector,
     connect,
     default_index_dir,
-    now_iso,
     read_meta,
     replace_rows,
     tags_from_json,
@@ -62,11 +63,12 @@ from .store import (
 )
 from .updater import Updater
 from .vector_index import DEFAULT_NPROBE
-from .workers import default_workers
+from .workers import default_workers, hash_file
 
 if TYPE_CHECKING:
     from ..models import EmbeddingModel
     from ..models.encoders.text import TextEncoder
+    from .ray_executor import RayExecutor
 
 
 class Library:
@@ -172,7 +174,7 @@ class Library:
             return self._conn.execute("SELECT COUNT(*) FROM files").fetchone()[0]
 
     def roots(self) -> list[str]:
-        """The folders and files ever given to `update` (the server serves files only from under them)."""
+        """The folders and files given to `update`, less those removed (the server serves only from them)."""
         with self._lock:
             rows = self._conn.execute("SELECT path_bytes FROM roots ORDER BY path_bytes").fetchall()
         return [os.fsdecode(bytes(r[0])) for r in rows]
@@ -247,15 +249,18 @@ class Library:
 
     def update(
         self,
-        roots: Sequence[str | os.PathLike[str]],
+        roots: Sequence[str | os.PathLike[str]] | None = None,
         *,
         workers: int | None = None,
         progress: bool | Progress = True,
         batch_size: int = 64,
         max_duration: float | None = None,
         wait: bool = True,
+        ray: str | RayExecutor | None = None,
     ) -> UpdateReport:
-        """Bring the index in line with the audio files under `roots` (folders or single files).
+        """Bring the index in line with the audio files under `roots` (folders or single files); None or
+        empty: under every root it knows (one that is gone is listed in the report's `missing_roots`, its
+        records kept until `prune_missing`). Roots are stored resolved (see `library.manage`).
 
         Unchanged files are skipped by (size, mtime); changed ones are hashed, and only content never seen
         before goes through the model. Records under `roots` whose files are gone are removed; records
@@ -269,32 +274,36 @@ class Library:
 
         One writer at a time: the index's write lock (`activity`) is held for the whole run; when another
         process holds it, `wait` True waits for it (saying so on stderr), False raises IndexBusyError.
+
+        `ray`: a Ray cluster address ("auto", "ray://HOST:10001", "local") or a `ray_executor.RayExecutor`
+        spreads hashing, decoding and embedding over the cluster's workers (`workers` of them; None: one per
+        CPU, or per GPU), which read the files at these paths (a shared filesystem); the rows are written
+        here, by the same rules.
         """
         start = time.monotonic()
         if self.read_only:
             raise LibraryError(_read_only_message(self.index_dir))
-        workers = default_workers() if workers is None else workers
+        workers_given, workers = workers, default_workers() if workers is None else workers
         report = UpdateReport()
-        abs_roots = [abspath(r).rstrip(os.sep) or os.sep for r in roots]
-        for root, given in zip(abs_roots, roots, strict=True):
-            if not os.path.exists(root):
-                raise FileNotFoundError(f"no such file or folder: {os.fsdecode(given)}")
         with UpdateActivity(self.index_dir, wait) as activity:  # the write lock; /api/status reads it
             self._check_present("before indexing")
             if self._pending is None and self._model is not None:
                 self._adopt_model(self._model, None)  # a writer before us may have changed the model
-            with self._lock, transaction(self._conn):
-                self._conn.executemany("INSERT OR IGNORE INTO roots VALUES (?, ?, ?)",
-                                       [(os.fsencode(r), display_path(r), now_iso()) for r in abs_roots])
+            plan = plan_update(self._conn, self._lock, roots)  # records the roots given, or takes all
+            report.missing_roots = [display_path(r) for r in plan.missing]
             run = {"workers": workers, "progress": activity.wrap(progress), "batch_size": batch_size,
-                   "max_duration": max_duration}
+                   "max_duration": max_duration, "excluded": plan.excluded, "executor": None}
             try:
-                commits = self._rebuild(abs_roots, report, run) if self._pending is not None else \
-                    self._update_rows(self._conn, lambda: self.model, abs_roots, report, run)
+                if ray is not None:  # connects before any work: a wrong address fails first
+                    run["executor"] = self._ray_executor(ray, workers_given)
+                commits = self._rebuild(plan.roots, report, run) if self._pending is not None else \
+                    self._update_rows(self._conn, lambda: self.model, plan.roots, report, run)
             except sqlite3.DatabaseError:
                 self._check_present("while indexing")  # SQLite refuses writes to a moved file: say why
                 raise
             finally:
+                if run["executor"] is not None and run["executor"] is not ray:
+                    run["executor"].close()  # one the caller made stays up for its next update
                 if _file_id(self.index_dir / DB_NAME) == self._db_id:
                     with self._lock, transaction(self._conn):
                         seconds = float(self._meta("build_seconds") or 0) + time.monotonic() - start
@@ -307,6 +316,17 @@ class Library:
                     self._names.reload()
         report.wall_seconds = time.monotonic() - start
         return report
+
+    def _ray_executor(self, ray: str | RayExecutor, workers: int | None) -> RayExecutor:
+        """`ray` as a connected executor, bound by name to the model this run embeds with."""
+        from .ray_executor import as_executor
+
+        executor = as_executor(ray, workers)
+        if self._pending is not None:  # a rebuild: the new model
+            model, name = self._pending
+            return executor.bind(name or getattr(model, "source", None) or model.model_id, model)
+        model = self.model  # loaded here too (names need it): a new index records it, an old one checks it
+        return executor.bind(self._meta("model_name") or model.model_id, model)
 
     def _update_rows(self, conn: sqlite3.Connection, model: Any, roots: list[str], report: UpdateReport,
                      run: dict[str, Any], sentences: TextEncoder | None = None) -> int:
@@ -358,6 +378,34 @@ class Library:
                                f"{self.index_dir}, then restart")
         raise LibraryError(f"the index folder {self.index_dir} was deleted or replaced {when}; nothing of "
                            f"this run was kept: run audiofind index PATH --index {self.index_dir} again")
+
+    def remove(self, paths: Sequence[str | os.PathLike[str]], *, wait: bool = True) -> RemovalReport:
+        """Drop roots, or folders and files under one, with their records and vectors (see `library.manage`:
+        a path inside a root is kept out of its later refreshes); an unknown path changes nothing. Takes
+        the write lock, as `update` does."""
+        return self._manage(lambda: remove_paths(self._conn, self._lock, paths), wait)
+
+    def prune_missing(self, *, wait: bool = True) -> RemovalReport:
+        """Drop the roots that no longer exist, with their records, so their clips stop coming back."""
+        return self._manage(lambda: prune_missing(self._conn, self._lock), wait)
+
+    def _manage(self, change: Any, wait: bool) -> RemovalReport:
+        """Run a removal under the write lock, then rewrite the FAISS files for the new generation."""
+        if self.read_only:
+            raise LibraryError(_read_only_message(self.index_dir))
+        with UpdateActivity(self.index_dir, wait):
+            self._check_present("before removing")
+            with self._lock:
+                report = change()
+                if (report.clips or report.roots or report.excluded) and self._meta("dim"):
+                    self._vectors.reload()  # vectors.faiss for the new generation; names.faiss on next use
+                    self._names.forget()
+        return report
+
+    def exclusions(self) -> list[str]:
+        """Folders and files inside roots that `remove` took out of the library."""
+        with self._lock:
+            return exclusions(self._conn)
 
     # ------------------------------------------------------------ searching
 
@@ -413,37 +461,48 @@ class Library:
             vectors = np.asarray(vectors, dtype=np.float32)
             return self._hybrid.search(list(queries), vectors, k, mode, sentences, **filters)
 
-    def search_vector(self, vector: np.ndarray, k: int = 10, **filters: Any) -> list[SearchResult]:
-        """Search with a vector from the index's own space (e.g. an embedded clip)."""
+    def search_vector(self, vector: np.ndarray, k: int = 10, *, exclude_content: str | None = None,
+                      **filters: Any) -> list[SearchResult]:
+        """Search with a vector from the index's own space (e.g. an embedded clip); clips whose content hash
+        is `exclude_content` (the query file itself and its copies) are left out."""
         filters = check_search((), k, filters)[1]
-        return self._vectors.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k, **filters)[0]
+        with self._lock:
+            exclude = self._vectors.ids_with_content(exclude_content) if exclude_content else set()
+        return self._vectors.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k, exclude=exclude,
+                                    **filters)[0]
 
     def find(self, path: str | os.PathLike[str]) -> ClipRecord | None:
         """The record of an indexed file by its path, or None."""
+        forms = list(dict.fromkeys((abspath(path), os.path.realpath(abspath(path)))))  # as given, resolved
         with self._lock:
-            row = self._conn.execute("SELECT id FROM files WHERE path_bytes = ?",
-                                     (os.fsencode(abspath(path)),)).fetchone()
+            row = next(filter(None, (self._conn.execute("SELECT id FROM files WHERE path_bytes = ?",
+                                                        (os.fsencode(p),)).fetchone() for p in forms)), None)
         return self.clip(row[0]) if row is not None else None
 
     def similar(self, clip: int | str | os.PathLike[str], k: int = 10, **filters: Any) -> list[SearchResult]:
-        """Clips that sound like `clip`: an indexed id/path (stored vector, itself excluded) or any file."""
+        """Clips that sound like `clip`: an indexed id/path (stored vector) or any file; `clip` itself and
+        every identical copy of it (same content hash) are left out."""
         filters = check_search((), k, filters)[1]
-        exclude: set[int] = set()
+        vector: np.ndarray | None
         if isinstance(clip, (int, np.integer)):
             rec = self.clip(int(clip))
-            vector, exclude = rec.vector, {rec.id}
+            vector, digest = rec.vector, rec.content_hash
         else:
-            path = abspath(clip)
-            found = self.find(path)
+            found = self.find(clip)
             if found is not None:
-                vector, exclude = found.vector, {found.id}
+                vector, digest = found.vector, found.content_hash
             else:
+                path = abspath(clip)
                 if not os.path.exists(path):
                     raise FileNotFoundError(f"no such file: {display_path(path)}")
-                model = self.model
-                wave, _ = load_audio(path, sample_rate=model.sample_rate)
-                vector = model.embed_audio([wave]).vectors[0]
-        return self._vectors.search(vector.reshape(1, -1), k, exclude=exclude, **filters)[0]
+                digest = content_hash(path)
+                with self._lock:
+                    vector = self._vectors.vector_of_content(digest) if digest else None
+                if vector is None:
+                    model = self.model
+                    wave, _ = load_audio(path, sample_rate=model.sample_rate)
+                    vector = model.embed_audio([wave]).vectors[0]
+        return self.search_vector(vector, k, exclude_content=digest, **filters)
 
     @property
     def sentences(self) -> TextEncoder:
@@ -492,6 +551,15 @@ class Library:
                 "build_seconds": round(float(self._meta("build_seconds") or 0), 2),
                 "index_kind": kind,
             }
+
+
+def content_hash(path: str | os.PathLike[str]) -> str | None:
+    """The blake2b digest the index keys content by, or None when the file cannot be read (decoding
+    then reports why)."""
+    try:
+        return hash_file(path)[2]
+    except (OSError, ValueError):
+        return None
 
 
 def _prepare_folder(index_dir: Path, create: bool) -> Path:

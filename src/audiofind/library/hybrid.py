@@ -155,9 +155,8 @@ class HybridSearch:
         order = np.lexsort((-a, -ranking))  # ties (e.g. equal BM25 in text mode) go to the better audio
         if mode == "text":  # words only: a BM25 match, or a name that clearly says the same
             order = order[(t[order] > 0) | (n[order] >= self.params.name_floor)]
-        order = order[:k]
         strength = match_strength(a, t, n, self.params)
-        hits = self.vectors.results([(int(ids[j]), float(ranking[j])) for j in order])
+        hits = self.vectors.results([(int(ids[j]), float(ranking[j])) for j in order], k)  # k contents
         by_id = {int(ids[j]): j for j in order}
         stems = self.text.stems([h.id for h in hits]) if terms else {}
         tags = self._explain_tags(q, [h.id for h in hits])

@@ -56,10 +56,16 @@ class SearchResult:
     text_score: float | None = None  # saturated BM25 of the query over the clip's text record, in [0, 1)
     name_score: float | None = None  # cosine of the query's and the clip name's sentence vectors
     why: dict[str, list[str]] | None = None  # {"words": query words in its name/tags, "tags": audio classes}
+    duplicates: list[str] = field(default_factory=list)  # other indexed paths holding the same bytes
 
     @property
     def display_path(self) -> str:
         return display_path(self.path)
+
+    @property
+    def paths(self) -> list[str]:
+        """Every indexed path of this content, `path` first: one result stands for all identical files."""
+        return [self.path, *self.duplicates]
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -68,6 +74,8 @@ class SearchResult:
             "score": round(self.score, 6),
             "duration": round(self.duration, 3),
             "tags": [{"label": label, "prob": round(prob, 4)} for label, prob in self.tags],
+            "paths": [display_path(p) for p in self.paths],
+            "duplicates": len(self.duplicates),
         }
         for key in ("match", "audio_score", "text_score", "name_score"):
             value = getattr(self, key)
@@ -116,6 +124,7 @@ class UpdateReport:
     embedded: int = 0  # files that went through the model (the rest re-used a stored vector)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (display path, reason)
     truncated: list[tuple[str, str]] = field(default_factory=list)  # (display path, what was left out)
+    missing_roots: list[str] = field(default_factory=list)  # known roots gone (records kept until pruned)
     audio_seconds: float = 0.0  # audio embedded in this run
     wall_seconds: float = 0.0
 
@@ -129,3 +138,15 @@ class UpdateReport:
         d["truncated"] = [{"path": p, "reason": r} for p, r in self.truncated]
         d["realtime_factor"] = round(self.realtime_factor, 2)
         return d
+
+
+@dataclass
+class RemovalReport:
+    """What `Library.remove` or `Library.prune_missing` dropped."""
+
+    clips: int = 0  # records (and their vectors) deleted
+    roots: list[str] = field(default_factory=list)  # roots no longer refreshed (display paths)
+    excluded: list[str] = field(default_factory=list)  # folders/files inside a root kept out of refreshes
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

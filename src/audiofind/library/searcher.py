@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .records import SearchResult
-from .store import FAISS_NAME, abspath, prefix_range, read_meta, tags_from_json, transaction
+from .store import FAISS_NAME, abspath, blob_vector, prefix_range, read_meta, tags_from_json, transaction
 from .vector_index import (
     REFINE_FACTOR,
     choose_index_kind,
@@ -193,13 +193,22 @@ class VectorSearcher:
                                        nprobe=self.nprobe)
             out = []
             for q, s_row, i_row in zip(queries, scores, ids, strict=True):
+                n = want
                 if refine > 1:  # PQ codes give candidates; the stored vectors give their exact scores
-                    s_row, i_row = self._rescore(q, i_row[i_row >= 0], want)
-                if (i_row >= 0).sum() < want:  # approximate index fell short: answer this query exactly
-                    s_row, i_row = self._exact_search(q, want, allowed)
-                hits = [(int(i), float(s)) for i, s in zip(i_row, s_row, strict=True)
-                        if i >= 0 and int(i) not in exclude]
-                out.append(self.results(hits[:k]))
+                    s_row, i_row = self._rescore(q, i_row[i_row >= 0], n)
+                while True:
+                    if (i_row >= 0).sum() < n:  # approximate index fell short: answer this query exactly
+                        s_row, i_row = self._exact_search(q, n, allowed)
+                    found = self.results([(int(i), float(s)) for i, s in zip(i_row, s_row, strict=True)
+                                          if i >= 0 and int(i) not in exclude], k)
+                    if len(found) >= k or n >= available:
+                        break
+                    n = min(2 * n, available)  # identical copies took places: look deeper
+                    s_row, i_row = (a[0] for a in search_faiss(index, q[None], min(n * refine, available),
+                                                                 allowed_ids=allowed, nprobe=self.nprobe))
+                    if refine > 1:
+                        s_row, i_row = self._rescore(q, i_row[i_row >= 0], n)
+                out.append(found)
             return out
 
     def _rescore(self, query: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -230,17 +239,43 @@ class VectorSearcher:
                                  clause[1]).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
 
-    def results(self, hits: list[tuple[int, float]]) -> list[SearchResult]:
-        """(id, score) pairs as results, in order; rows deleted meanwhile are dropped."""
+    def results(self, hits: list[tuple[int, float]], k: int | None = None) -> list[SearchResult]:
+        """(id, score) pairs as results, in order, at most `k`, one per content: the best-placed of
+        identical files stands for the others (its `duplicates`); rows deleted meanwhile are dropped."""
         if not hits:
             return []
         rows = {r[0]: r for r in self.conn.execute(
-            f"SELECT id, path_bytes, duration, tags FROM files WHERE id IN ({','.join('?' * len(hits))})",
-            [i for i, _ in hits])}
-        return [SearchResult(id=i, path=os.fsdecode(bytes(rows[i][1])), score=s, duration=rows[i][2],
-                             tags=tags_from_json(rows[i][3]))
-                for i, s in hits if i in rows]  # a row deleted by another process since the last refresh
+            "SELECT id, path_bytes, duration, tags, content_hash FROM files "
+            f"WHERE id IN ({','.join('?' * len(hits))})", [i for i, _ in hits])}
+        out: list[SearchResult] = []
+        hashes: dict[str, SearchResult] = {}
+        for i, s in hits:
+            row = rows.get(i)  # None: a row deleted by another process since the last refresh
+            if row is None or row[4] in hashes:
+                continue
+            hashes[row[4]] = SearchResult(id=i, path=os.fsdecode(bytes(row[1])), score=s, duration=row[2],
+                                          tags=tags_from_json(row[3]))
+            out.append(hashes[row[4]])
+            if len(out) == k:
+                break
+        if not out:
+            return out
+        for digest, clip_id, path_b in self.conn.execute(
+                "SELECT content_hash, id, path_bytes FROM files WHERE content_hash IN "
+                f"({','.join('?' * len(hashes))}) ORDER BY path_bytes", list(hashes)):
+            if clip_id != hashes[digest].id:
+                hashes[digest].duplicates.append(os.fsdecode(bytes(path_b)))
+        return out
 
+    def ids_with_content(self, digest: str) -> set[int]:
+        """The ids of every indexed file holding these bytes."""
+        return {r[0] for r in self.conn.execute("SELECT id FROM files WHERE content_hash = ?", (digest,))}
+
+    def vector_of_content(self, digest: str) -> np.ndarray | None:
+        """The stored vector of these bytes, if any indexed file holds them (no model run needed)."""
+        row = self.conn.execute(f"SELECT {self.column} FROM files WHERE content_hash = ? AND {self._present} "
+                                "LIMIT 1", (digest,)).fetchone()
+        return blob_vector(row[0]) if row is not None else None
 
 
 def filter_clause(min_duration: float | None = None, max_duration: float | None = None,
@@ -255,7 +290,20 @@ def filter_clause(min_duration: float | None = None, max_duration: float | None 
         clauses.append("duration <= ?")
         args.append(float(max_duration))
     if path_prefix is not None and os.fspath(path_prefix) != "":
-        lo, hi = prefix_range(os.fsencode(abspath(path_prefix)))
-        clauses.append("path_bytes >= ? AND (? IS NULL OR path_bytes < ?)")
-        args += [lo, hi, hi]
+        prefixes = prefix_forms(path_prefix)
+        one = "path_bytes >= ? AND (? IS NULL OR path_bytes < ?)"
+        clauses.append("(" + " OR ".join([one] * len(prefixes)) + ")")
+        for prefix in prefixes:
+            lo, hi = prefix_range(os.fsencode(prefix))
+            args += [lo, hi, hi]
     return (" AND ".join(clauses), args) if clauses else None
+
+
+def prefix_forms(path_prefix: str | os.PathLike[str]) -> list[str]:
+    """The prefix as given and resolved (roots are stored resolved, so a folder reached through a symlink
+    filters the same as its real path), trailing separator kept."""
+    given = abspath(path_prefix)
+    real = os.path.realpath(given)
+    if given.endswith(os.sep) and not real.endswith(os.sep):
+        real += os.sep
+    return list(dict.fromkeys((given, real)))

@@ -4,8 +4,11 @@ Unchanged files are skipped by (size, mtime); changed ones are hashed, and only 
 before goes through the model. Moved files keep their vector (same content hash), copies reuse it.
 Every row written carries the file's text record (`metadata.build_text_record`: name, folders, tags),
 which triggers mirror into the FTS5 table in the same transaction. Row changes go through a `Writer`,
-so a crash loses at most a few seconds of work. It is longer than 400 lines because the per-file decision
-(unchanged, moved, copied, changed, failed, too short) is one pass that reads best in one place.
+so a crash loses at most a few seconds of work. Hashing, decoding and embedding run here and in local
+processes, or on a Ray cluster (`ray_executor.RayExecutor`); the rows are written here either way.
+
+It is longer than 400 lines because the per-file decision (unchanged, moved, copied, changed, failed, too
+short) is one pass that reads best in one place, and the local and the Ray executors share its writes.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 
 from ..audio import AUDIO_EXTENSIONS, special_file_kind
 from ..paths import display_path
+from .manage import outermost, root_keys
 from .metadata import TEXT_RECORD_VERSION, build_text_record
 from .records import Progress, UpdateReport
 from .store import UPSERT, KnownFile, Writer, prefix_range, tags_json, vector_blob
@@ -42,6 +46,7 @@ from .workers import (
 
 if TYPE_CHECKING:
     from ..models import EmbeddingModel
+    from .ray_executor import RayExecutor
 
 BATCH_AUDIO_SECONDS = 600.0  # flush a model batch early once it holds this much audio
 # failure reasons that describe the environment, not the bytes (indexes before transient failures were
@@ -56,6 +61,7 @@ class Updater:
     def __init__(self, conn: sqlite3.Connection, lock: threading.RLock,
                  model: Callable[[], EmbeddingModel]) -> None:
         self.conn, self.lock, self.model = conn, lock, model  # the model loads only if audio is new
+        self.executor: RayExecutor | None = None  # None: hash in threads, decode in processes, embed here
         self.roots: list[str] = []
 
     def text(self, path_b: bytes) -> str:
@@ -67,10 +73,11 @@ class Updater:
                            "version": TEXT_RECORD_VERSION}, ensure_ascii=False)
 
     def run(self, abs_roots: Sequence[str], report: UpdateReport, *, workers: int, progress: bool | Progress,
-            batch_size: int, max_duration: float | None) -> int:
-        """Bring the rows under `abs_roots` in line with the files there; returns the commits made."""
-        self.roots = list(abs_roots)
-        listing = scan_roots(abs_roots, report)
+            batch_size: int, max_duration: float | None, excluded: Sequence[str] = (),
+            executor: RayExecutor | None = None) -> int:
+        """Bring the rows under `abs_roots` (less `excluded`) in line with their files; returns commits."""
+        self.roots, self.executor = list(abs_roots), executor
+        listing = scan_roots(outermost(abs_roots, excluded), report, excluded)
         # what could not be listed this time (permissions, a flaky share) keeps its rows: absence unproven
         unreadable = [os.fsencode(p) for p in getattr(listing, "unreadable", ())]
 
@@ -155,10 +162,12 @@ class Updater:
                          report: UpdateReport, bar: ProgressBar, workers: int) -> list[tuple[bytes, tuple]]:
         """Hash new/changed files; handle touched, moved and copied ones; return those needing the model."""
         to_embed: list[tuple[bytes, tuple]] = []
-        pool = ThreadPoolExecutor(max(1, workers)) if workers > 0 and len(to_hash) > 1 else None
+        local = self.executor is None and workers > 0 and len(to_hash) > 1
+        pool = ThreadPoolExecutor(max(1, workers)) if local else None
+        paths = [os.fsdecode(p) for p in to_hash]
         try:
-            for path_b, (ok, result) in bounded_map(hash_file, [os.fsdecode(p) for p in to_hash], pool,
-                                                     4 * max(1, workers)):
+            for path_b, (ok, result) in self.executor.hash_map(paths) if self.executor and paths else \
+                    bounded_map(hash_file, paths, pool, 4 * max(1, workers)):
                 path_b = os.fsencode(path_b)
                 rec = known.get(path_b)
                 if not ok:
@@ -215,6 +224,8 @@ class Updater:
                report: UpdateReport, bar: ProgressBar, workers: int, batch_size: int,
                max_duration: float | None) -> None:
         """Decode in worker processes, embed here in batches, write each batch's rows."""
+        if self.executor is not None:
+            return self._embed_remote(to_embed, known, writer, report, bar, max_duration)
         model = self.model()
         batch: list[tuple[bytes, tuple, np.ndarray, tuple]] = []
 
@@ -243,11 +254,7 @@ class Updater:
                 else:
                     wave, failure = None, result
                 if failure is not None:
-                    self._skip(path_b, failure, known.get(path_b), writer, report)
-                    if not failure.transient:
-                        size, mtime_ns, _ = stats[path_b]
-                        writer.add("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)",
-                                   (path_b, size, mtime_ns, failure.reason))
+                    self._fail(path_b, failure, stats[path_b], known, writer, report)
                     bar.advance(1, report)
                     continue
                 if extra:  # decoded only up to the per-file cap
@@ -279,18 +286,50 @@ class Updater:
                     reason = f"model failed: {type(e).__name__}: {e}"
                     self._skip(b[0], reason, known.get(b[0]), writer, report)
         for embeddings, group in zip(emb, items, strict=True):
-            for (path_b, (size, mtime_ns, digest), wave, info), vec, tags in zip(
-                    group, embeddings.vectors, embeddings.tags, strict=True):
-                writer.add(UPSERT, (path_b, display_path(path_b), size, mtime_ns, digest, *info,
-                                     tags_json(tags), model.model_id, vector_blob(vec), time.time(),
-                                     self.text(path_b)))
-                writer.add("DELETE FROM failures WHERE path_bytes = ?", (path_b,))
-                report.embedded += 1
-                report.audio_seconds += len(wave) / model.sample_rate
-                report.updated += path_b in known
-                report.added += path_b not in known
+            for (path_b, stat, wave, info), vec, tags in zip(group, embeddings.vectors, embeddings.tags,
+                                                              strict=True):
+                self._write_row(path_b, stat, info, (vec, tags, model.model_id),
+                                len(wave) / model.sample_rate, known, writer, report)
 
-    # ------------------------------------------------------------ the FAISS side
+    def _write_row(self, path_b: bytes, stat: tuple, info: tuple, embedded: tuple[np.ndarray, Any, str],
+                   seconds: float, known: dict[bytes, KnownFile], writer: Writer,
+                   report: UpdateReport) -> None:
+        """Queue the row of one embedded file (`embedded`: vector, tags, model id), wherever it ran."""
+        (size, mtime_ns, digest), (vec, tags, model_id) = stat, embedded
+        writer.add(UPSERT, (path_b, display_path(path_b), size, mtime_ns, digest, *info, tags_json(tags),
+                             model_id, vector_blob(vec), time.time(), self.text(path_b)))
+        writer.add("DELETE FROM failures WHERE path_bytes = ?", (path_b,))
+        report.embedded += 1
+        report.audio_seconds += seconds
+        report.updated += path_b in known
+        report.added += path_b not in known
+
+    def _fail(self, path_b: bytes, failure: Failure | str, stat: tuple, known: dict[bytes, KnownFile],
+              writer: Writer, report: UpdateReport) -> None:
+        """Skip a file that did not decode or embed; a failure of its bytes is remembered until it changes."""
+        self._skip(path_b, failure, known.get(path_b), writer, report)
+        if isinstance(failure, Failure) and not failure.transient:
+            writer.add("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)",
+                       (path_b, stat[0], stat[1], failure.reason))
+
+    def _embed_remote(self, to_embed: list[tuple[bytes, tuple]], known: dict[bytes, KnownFile],
+                      writer: Writer, report: UpdateReport, bar: ProgressBar,
+                      max_duration: float | None) -> None:
+        """Decode and embed on the executor's workers (a Ray cluster); write their rows here, as they come."""
+        assert self.executor is not None
+        stats = dict(to_embed)
+        for path, (ok, result) in self.executor.embed_map([os.fsdecode(p) for p, _ in to_embed],
+                                                          max_duration):
+            path_b = os.fsencode(path)
+            if not ok:
+                self._fail(path_b, result, stats[path_b], known, writer, report)
+            else:
+                info, extra, vec, tags, seconds = result
+                if extra:  # decoded only up to the per-file cap
+                    report.truncated.append((display_path(path_b), extra))
+                self._write_row(path_b, stats[path_b], info, (vec, tags, self.executor.model_id), seconds,
+                                known, writer, report)
+            bar.advance(1, report)
 
 
 class Listing(dict):
@@ -304,16 +343,15 @@ class Listing(dict):
 _GONE = (errno.ENOENT, errno.ENOTDIR)  # vanished between listing and looking: really gone
 
 
-def scan_roots(roots: Sequence[str], report: UpdateReport) -> Listing:
-    """Every audio file under `roots` -> (size, mtime_ns).
+def scan_roots(roots: Sequence[str], report: UpdateReport, excluded: Sequence[str] = ()) -> Listing:
+    """Every audio file under `roots`, less the paths in `excluded` -> (size, mtime_ns).
 
-    Symlinked folders are followed, each real folder once (a link back up, or a second link to a folder
-    already walked, is skipped with a reason). Special files (FIFOs, sockets, devices) with an audio
-    name are skipped with a reason and never opened. A folder or file that cannot be read for a reason
-    other than being gone is reported and listed in `unreadable`, so its stored rows are kept.
-    """
+    Symlinked folders are followed after every real one, so each real folder is walked once, by its own
+    path (a link to a folder already walked is skipped with a reason). Special files (FIFOs, sockets,
+    devices) with an audio name are skipped with a reason, never opened. A folder or file unreadable for a
+    reason other than being gone is reported and listed in `unreadable`, so its stored rows are kept."""
     found = Listing()
-    seen: dict[tuple[int, int], str] = {}
+    seen, skip, links = root_keys(roots), set(excluded), list[str]()  # seen: (dev, inode) -> path walked by
 
     def problem(path: str, err: OSError, what: str) -> None:
         if err.errno in _GONE:
@@ -338,11 +376,10 @@ def scan_roots(roots: Sequence[str], report: UpdateReport) -> Listing:
         try:
             st = os.stat(folder)
             key = (st.st_dev, st.st_ino)
-            if key in seen:
+            if seen.setdefault(key, folder) != folder:
                 report.skipped.append((display_path(folder), f"symlinked folder not followed: it leads to "
                                                               f"{display_path(seen[key])}, already indexed"))
                 return
-            seen[key] = folder
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
@@ -350,12 +387,14 @@ def scan_roots(roots: Sequence[str], report: UpdateReport) -> Listing:
             return
         subfolders = []
         for entry in entries:
+            if entry.path in skip:
+                continue
             try:
                 is_dir = entry.is_dir()  # follows links
             except OSError:
                 is_dir = False
             if is_dir:
-                subfolders.append(entry.path)
+                (links if entry.is_symlink() else subfolders).append(entry.path)
             elif os.path.splitext(entry.name)[1].lower() in AUDIO_EXTENSIONS:
                 visit(entry.path, entry)
         for sub in subfolders:
@@ -369,6 +408,8 @@ def scan_roots(roots: Sequence[str], report: UpdateReport) -> Listing:
                 report.skipped.append((display_path(root), "not an audio file extension"))
             continue
         walk(root)
+    for link in links:  # grows while links inside linked folders are found
+        walk(link)
     return found
 
 

@@ -57,7 +57,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def result_dict(r: SearchResult, fmt: tuple[int, int] | None = None) -> dict[str, Any]:
-    """A search hit plus what a page needs to show and play it; `fmt`: the clip's (sample rate, channels)."""
+    """A search hit (with `paths`: every identical file it stands for) plus what a page needs to show and
+    play it; `fmt`: the clip's (sample rate, channels)."""
     d = r.to_dict()
     d.update(clip_links(r.id, d["path"]))
     d["sample_rate"], d["channels"] = fmt if fmt is not None else (None, None)

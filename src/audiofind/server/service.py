@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import __version__
 from ..audio import AudioDecodeError, load_audio, probe
-from ..library import ClipRecord, Library, LibraryError, SearchResult
+from ..library import ClipRecord, Library, LibraryError, SearchResult, content_hash
 from ..library.activity import pid_alive, read_activity
 from ..paths import display_path
 from .errors import ApiError
@@ -154,7 +154,8 @@ class LibraryService:
             raise ApiError(404, "no such clip", {"id": clip_id}) from None
 
     def similar_to_file(self, path: str, k: int, filters: dict[str, Any]) -> list[SearchResult]:
-        """Clips like an uploaded file: decode (bounded), embed under the model lock, search."""
+        """Clips like an uploaded file: decode (bounded), embed under the model lock, search; the upload's
+        own content (the same file indexed, or copies of it) is left out."""
         self.maybe_refresh()
         model = self.library.model
         try:
@@ -167,7 +168,8 @@ class LibraryService:
             raise ApiError(415, "the upload holds no audio samples")
         with self._model_lock:
             vector = model.embed_audio([wave]).vectors[0]
-        return self.library.search_vector(vector, k, **filters)
+        # a clip dropped from the library finds other sounds, not itself (as `audiofind similar FILE`)
+        return self.library.search_vector(vector, k, exclude_content=content_hash(path), **filters)
 
     # ------------------------------------------------------------ clips and files
 

@@ -435,6 +435,13 @@
       runNow();
     });
     meta.append(name, folder);
+    if (r.duplicates) { // one result stands for every identical file
+      const copies = document.createElement("span");
+      copies.className = "copies";
+      copies.textContent = `+${r.duplicates} ${r.duplicates === 1 ? "copy" : "copies"}`;
+      copies.title = `Identical files:\n${(r.paths || []).slice(1).join("\n")}`;
+      meta.append(copies);
+    }
 
     const tags = document.createElement("div");
     tags.className = "tags";
