@@ -205,7 +205,7 @@ def test_no_good_match_and_min_score_in_the_cli(sfx_dir, model, tmp_path):
         lib.update([sounds], workers=0, progress=False)
     runner = CliRunner()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(core, "_load_model", lambda name: model)
+        mp.setattr(core, "_load_model", lambda name, *_: model)
         strong = runner.invoke(app, ["search", "a cow mooing", "--index", str(index), "-k", "2"])
         weak = runner.invoke(app, ["search", "an electric guitar solo", "--index", str(index), "-k", "2"])
         none = runner.invoke(app, ["search", "an electric guitar solo", "--index", str(index), "--min-score",

@@ -273,7 +273,7 @@ def test_cli_search_table_and_json(built, monkeypatch):
     from audiofind.cli.main import app
 
     lib, _, sounds = built
-    monkeypatch.setattr(core, "_load_model", lambda name: lib.model)
+    monkeypatch.setattr(core, "_load_model", lambda name, *_: lib.model)
     runner = CliRunner()
     table = runner.invoke(app, ["search", "a pure sine wave tone", "--index", str(lib.index_dir), "-k", "3"])
     assert table.exit_code == 0, table.output

@@ -80,7 +80,7 @@ def fake(monkeypatch) -> SpectrumModel:
     """The stand-in model, also for the CLI (which loads the index's model by name)."""
     model = SpectrumModel()
     monkeypatch.setattr(core, "fill_name_vectors", lambda *a, **k: 0)  # no sentence encoder for names
-    monkeypatch.setattr(core, "_load_model", lambda name: model)
+    monkeypatch.setattr(core, "_load_model", lambda name, *_: model)
     return model
 
 
@@ -372,7 +372,7 @@ def test_copies_reach_the_cli_and_the_api(real, monkeypatch):
     from audiofind.server.app import create_app
 
     lib, sounds = real
-    monkeypatch.setattr(core, "_load_model", lambda name: lib.model)
+    monkeypatch.setattr(core, "_load_model", lambda name, *_: lib.model)
     out = cli("search", "tavern", "--index", lib.index_dir, "--mode", "text", "--json")
     hits = json.loads(out.stdout)
     tavern = next(h for h in hits if h["duplicates"])

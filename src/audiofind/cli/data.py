@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..research import data, downloads
+from ..research import data  # standard library only; `downloads` (tqdm, HTTP) loads on use
 
 _ALL = ",".join(data.SPLITS)
 
@@ -26,6 +26,8 @@ def _parse_splits(value: str) -> tuple[str, ...]:
 def _summary(root: Path, splits: tuple[str, ...], how: str) -> str:
     """A small table of clips, audio found and audio missing per split."""
     lines = [f"Clotho v2.1 in {root} ({how})", f"{'split':<12} {'clips':>6} {'audio':>6} {'missing':>8}"]
+    from ..research import downloads
+
     notes: list[str] = []
     for split, r in downloads.clotho_report(root, splits).items():
         lines.append(f"{split:<12} {r.clips:>6} {r.found:>6} {len(r.missing):>8}")
@@ -51,6 +53,8 @@ def clotho(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
     """Download Clotho v2.1 (checked and resumable) or adopt an existing copy, then summarise it."""
+    from ..research import downloads
+
     chosen = _parse_splits(splits)
     root = root.expanduser()
     try:

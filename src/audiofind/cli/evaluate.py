@@ -14,7 +14,6 @@ from typing import Any
 
 import typer
 
-from ..research import evaluation as ev
 from .options import DEVICE_HELP, DEVICE_METAVAR, resolve_device
 
 _MODEL_HELP = "'default' (zero-shot) or a checkpoint written by `audiofind train`"
@@ -65,6 +64,8 @@ def _query_source(
     annotations: Path | None,
 ) -> tuple[list[str], list[Any], list[str]]:
     """(queries, clips, column names) from a Clotho split or from a query file plus an audio folder."""
+    from ..research import evaluation as ev
+
     if clotho_root is not None and (queries is not None or audio_dir is not None):
         raise UsageError("give either --clotho-root/--split or --queries/--audio-dir, not both")
     if clotho_root is not None:
@@ -122,6 +123,8 @@ def evaluate(
     device: str = _device_option(),
 ) -> None:
     """Score a model on Clotho (single- and multi-positive protocols) or a score file against annotations."""
+    from ..research import evaluation as ev
+
     with _errors():
         if scores is not None:
             if annotations is None:
@@ -169,6 +172,8 @@ def predict(
     device: str = _device_option(),
 ) -> None:
     """Write the challenge score file (one row per query, one column per candidate) and a top-k ranking."""
+    from ..research import evaluation as ev
+
     with _errors():
         dev = resolve_device(device)
         captions, clips, names = _query_source(clotho_root, split, queries, audio_dir, annotations)
@@ -203,6 +208,8 @@ def ensemble(
     device: str = _device_option(),
 ) -> None:
     """Fuse several score files, or several models' similarities, into one score file."""
+    from ..research import evaluation as ev
+
     with _errors():
         if method not in ev.COMBINE_METHODS:
             raise UsageError(f"--method must be one of {', '.join(ev.COMBINE_METHODS)}, got {method!r}")
@@ -229,6 +236,8 @@ def _write_outputs(
     out: Path, ranking: Path | None, top_k: int, captions: Sequence[str], names: Sequence[str], scores: Any
 ) -> None:
     """Write the score file (and ranking), then say where, on stderr so stdout stays clean."""
+    from ..research import evaluation as ev
+
     ev.write_score_file(out, captions, names, scores)
     if ranking is not None:
         ev.write_ranking(ranking, captions, names, scores, top_k)

@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .. import __version__
-from ..library import Library, LibraryError, SearchResult, UpdateReport, damaged_message
-from ..library.fusion import MODES, is_weak
-from ..library.queries import QueryError, check_filters, check_query
 from ..paths import display_path, terminal_text
+from .failures import UsageError, errors, exit_quickly, fail
 from .manage import IndexPathsArg, PruneOpt, path_text, print_index_notes
 from .options import DeviceOpt, RayOpt, default_index_help, resolve_device
+
+if TYPE_CHECKING:  # imported inside the commands: `audiofind --help` loads no numpy, FAISS or SQLite code
+    from ..library import SearchResult, UpdateReport
 
 app = typer.Typer(
     name="audiofind",
@@ -67,10 +66,6 @@ ModelOpt = Annotated[
 ]
 
 
-class UsageError(Exception):
-    """Wrong arguments: reported with exit status 2."""
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"audiofind {__version__}")
@@ -90,30 +85,11 @@ def _root(
     """
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print one line on stderr and return the Exit to raise."""
-    typer.echo(f"audiofind: {terminal_text(message)}", err=True)
-    return typer.Exit(code)
-
-
-@contextmanager
-def errors() -> Iterator[None]:
-    """Turn the failures a user can cause into one line on stderr, instead of a traceback."""
-    try:
-        yield
-    except (UsageError, QueryError) as e:
-        raise fail(str(e), 2) from None
-    except (LibraryError, FileNotFoundError, ValueError) as e:  # AudioDecodeError is a ValueError
-        raise fail(str(e), getattr(e, "exit_code", 1)) from None
-    except KeyError as e:
-        raise fail(str(e.args[0]) if e.args else "not found", 1) from None
-    except sqlite3.DatabaseError as e:  # damaged pages, found only when a query reaches them
-        raise fail(damaged_message(e), 1) from None
-
-
 def _filters(min_duration: float | None, max_duration: float | None,
              path_prefix: str | None) -> dict[str, Any]:
     """The filters, checked by the same rules as the Python API and the server (a bad one: exit 2)."""
+    from ..library.queries import QueryError, check_filters
+
     try:
         return check_filters(min_duration, max_duration, path_prefix)
     except QueryError as e:
@@ -171,6 +147,8 @@ def print_matches(results: list[SearchResult], weak: str | None = None) -> None:
 
 def weak_match_note(found: list[SearchResult]) -> str | None:
     """The "nothing in this library matches well" line, when the best result is weak (else None)."""
+    from ..library.fusion import is_weak
+
     best = found[0].match if found else None
     if not is_weak(best):
         return None
@@ -231,6 +209,8 @@ def index_cmd(
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise fail(f"no such file or folder: {', '.join(terminal_text(display_path(p)) for p in missing)}", 2)
+    from ..library import Library
+
     dev = _device(device)
     with errors(), Library.open(index, model=model, create=bool(paths), rebuild=rebuild, device=dev) as lib:
         pruned = lib.prune_missing(wait=not no_wait) if prune else None
@@ -262,7 +242,13 @@ def search(
     device: DeviceOpt = "auto",
 ) -> None:
     """Search the index by description. --json: a list of results (with --queries: one JSON line per
-    query, with "no_good_match"); a weak best match is reported as "nothing in this library matches well"."""
+    query, with "no_good_match"); a weak best match is reported as "nothing in this library matches well".
+    Queries are encoded on the CPU (for the zero-shot models without torch: quick to start) unless
+    --device names a GPU."""
+    from ..library import Library
+    from ..library.fusion import MODES
+    from ..library.queries import check_query
+
     filters = _filters(min_duration, max_duration, path_prefix)
     with errors():
         if (query is None) == (queries is None):
@@ -272,7 +258,8 @@ def search(
         texts = [check_query(query)] if query is not None else _read_queries(queries)
         if not texts:
             raise UsageError(f"{queries} holds no queries (blank lines are skipped)")
-        with Library.open(index, device=_device(device)) as lib:
+        dev = "cpu" if device.strip().lower() in ("auto", "cpu") else _device(device)
+        with Library.open(index, device=dev, text_backend="numpy" if dev == "cpu" else "torch") as lib:
             for start in range(0, len(texts), QUERY_BATCH):
                 batch = texts[start:start + QUERY_BATCH]
                 for text, found in zip(batch, lib.search_many(batch, top_k, mode, **filters), strict=True):
@@ -288,6 +275,7 @@ def search(
                         if query is None:
                             typer.echo(f"\nquery: {terminal_text(text)}")
                         print_matches(results, weak)
+    exit_quickly()  # the index is closed and every line written
 
 
 def _read_queries(path: Path) -> list[str]:
@@ -314,6 +302,8 @@ def similar(
     """Find clips that sound like FILE (FILE itself is left out)."""
     if not os.path.exists(file):
         raise fail(f"no such file: {terminal_text(display_path(file))}", 2)
+    from ..library import Library
+
     filters = _filters(min_duration, max_duration, path_prefix)
     with errors(), Library.open(index, device=_device(device)) as lib:
         results = lib.similar(file, top_k, **filters)
@@ -356,6 +346,8 @@ def info(
 ) -> None:
     """Show what the index holds (clips, audio hours, model, build time), or what it knows of FILE:
     its record, tags and the words its name, folders and embedded metadata give for text search."""
+    from ..library import Library
+
     with errors(), Library.open(index) as lib:
         if file is None:
             shown = lib.stats()

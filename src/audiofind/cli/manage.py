@@ -3,16 +3,18 @@
 command's option types come from `main` inside `register`, and typer reads them when it is defined."""
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..library import SearchResult, UpdateReport
-from ..library.records import RemovalReport
 from ..paths import terminal_text
 
+if TYPE_CHECKING:  # `audiofind --help` loads no library code (numpy, FAISS): the hints below are strings
+    from ..library import SearchResult, UpdateReport
+    from ..library.records import RemovalReport
 
-def path_text(r: SearchResult) -> str:
+
+def path_text(r: "SearchResult") -> str:
     """The path, and how many identical copies the one result stands for (listed with --json)."""
     copies = len(r.duplicates)
     more = f"  (+{copies} identical {'copy' if copies == 1 else 'copies'})" if copies else ""
@@ -29,7 +31,7 @@ PruneOpt = Annotated[
 ]
 
 
-def print_index_notes(report: UpdateReport, pruned: RemovalReport | None) -> None:
+def print_index_notes(report: "UpdateReport", pruned: "RemovalReport | None") -> None:
     """One line on stderr per file skipped (with why), per root pruned, and per root gone (kept)."""
     for path, reason in report.skipped:
         typer.echo(f"skipped {terminal_text(path)}: {terminal_text(reason)}", err=True)

@@ -84,6 +84,7 @@ class Library:
         self._pending: tuple[EmbeddingModel, str | None] | None = None  # a model-change rebuild to do
         self._model: EmbeddingModel | None = None
         self._device = "cpu"  # where a model loaded by name runs
+        self._text_backend = "torch"  # "numpy": text queries without torch (models.zeroshot.TEXT_BACKENDS)
         self._lock = threading.RLock()
         self._vectors = VectorSearcher(index_dir, conn, self._lock, index_kind, nprobe, self._dim)
         self._names = VectorSearcher(index_dir, conn, self._lock, index_kind, nprobe,
@@ -115,6 +116,7 @@ class Library:
         rebuild: bool = False,
         device: str = "cpu",
         read_only: bool | None = None,
+        text_backend: str = "torch",
     ) -> Library:
         """Open (with `create`, make) the index in `index_dir`; `model` None loads the index's model lazily.
 
@@ -126,7 +128,8 @@ class Library:
         codes re-scored from the stored vectors above COMPACT_THRESHOLD), "flat", "ivf", "ivfpq" or
         "hnsw". `device`: "cpu", "cuda" or "mps", where a model loaded by name runs.
         `read_only` (None: when the folder or database is not writable) opens without writing: searching
-        works, `update` refuses.
+        works, `update` refuses. `text_backend="numpy"` encodes text queries without importing torch (the
+        zero-shot model's MiniLM in numpy, equal to 1e-4): a quick cold start for a text-only search.
         """
         if index_kind not in ("auto", "flat", "ivf", "ivfpq", "hnsw"):
             raise ValueError(f"index_kind must be auto, flat, ivf, ivfpq or hnsw, got {index_kind!r}")
@@ -139,14 +142,14 @@ class Library:
             raise LibraryError(_read_only_message(index_dir))
         conn = connect(db_path, read_only=read_only)
         lib = cls(index_dir, conn, index_kind, nprobe, read_only=read_only)
-        lib._device = device
+        lib._device, lib._text_backend = device, text_backend
         try:
             if not read_only:
                 clean_leftovers(index_dir, locked=False)  # a killed run's temp files
             name = None
             if isinstance(model, str) or (model is None and rebuild):
                 name = abspath(model) if model and os.path.exists(model) else model
-                model = _model_on(name, device)
+                model = _model_on(name, device, text_backend)
             if rebuild:
                 assert model is not None
                 lib._pending = (model, name)
@@ -214,7 +217,7 @@ class Library:
         with self._lock:
             if self._model is None:
                 name = self._meta("model_name") or self._meta("model_id")
-                self._adopt_model(_model_on(name, self._device), name)
+                self._adopt_model(_model_on(name, self._device, self._text_backend), name)
             assert self._model is not None
             return self._model
 
@@ -600,12 +603,16 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _load_model(name: str | None, device: str = "cpu") -> EmbeddingModel:
+def _load_model(name: str | None, device: str = "cpu", text_backend: str = "torch") -> EmbeddingModel:
     from ..models import load_model
 
-    return load_model(name, device=device)
+    return load_model(name, device=device, text_backend=text_backend)
 
 
-def _model_on(name: str | None, device: str) -> EmbeddingModel:  # tests swap in one-argument stand-ins
+def _model_on(name: str | None, device: str, text_backend: str = "torch") -> EmbeddingModel:
+    """`_load_model` with only the arguments that differ from its defaults (tests swap in one-argument
+    stand-ins)."""
+    if text_backend != "torch":
+        return _load_model(name, device, text_backend)
     return _load_model(name) if device == "cpu" else _load_model(name, device)
 

