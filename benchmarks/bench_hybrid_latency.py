@@ -28,6 +28,7 @@ from bench_search import synthetic_library  # noqa: E402
 from sfxdev import QUERIES_TSV, load_manifest, load_queries  # noqa: E402
 
 from audiofind.library import DB_NAME, Library  # noqa: E402
+from audiofind.library.store import vector_blob  # noqa: E402
 
 COPIED_META = ("model_id", "model_name", "dim")
 
@@ -36,9 +37,12 @@ def seed_rows(index: Path) -> tuple[np.ndarray, np.ndarray, list[str], dict[str,
     with sqlite3.connect(f"file:{index / DB_NAME}?mode=ro", uri=True) as conn:
         rows = conn.execute("SELECT vector, name_vector, text FROM files WHERE text IS NOT NULL").fetchall()
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    audio = np.stack([np.frombuffer(r[0], "<f4") for r in rows])
-    dim = next(len(r[1]) // 4 for r in rows if r[1])
-    names = np.stack([np.frombuffer(r[1], "<f4") if r[1] else np.zeros(dim, np.float32) for r in rows])
+    width = 2 if meta.get("schema_version", "3") >= "3" else 4  # float16 blobs from schema 3 on
+    dtype = "<f2" if width == 2 else "<f4"
+    audio = np.stack([np.frombuffer(r[0], dtype) for r in rows]).astype(np.float32)
+    dim = next(len(r[1]) // width for r in rows if r[1])
+    names = np.stack([np.frombuffer(r[1], dtype) if r[1] else np.zeros(dim, dtype)
+                      for r in rows]).astype(np.float32)
     return audio, names, [r[2] for r in rows], {k: meta[k] for k in COPIED_META}
 
 
@@ -60,8 +64,8 @@ def build(target: Path, n: int, seed: tuple, rng: np.random.Generator) -> None:
             "INSERT INTO files (path_bytes, path, size, mtime_ns, content_hash, duration, sample_rate, "
             "channels, tags, model_id, vector, indexed_at, text, name_vector) "
             "VALUES (?, ?, 1, 0, ?, 1.0, 44100, 1, '[]', ?, ?, 0, ?, ?)",
-            ((path.encode(), path, f"{start + i:032x}", meta["model_id"], audio[i].tobytes(), texts[p],
-              names[i].astype("<f4").tobytes() if name_seed[p].any() else b"")
+            ((path.encode(), path, f"{start + i:032x}", meta["model_id"], vector_blob(audio[i]), texts[p],
+              vector_blob(names[i]) if name_seed[p].any() else b"")
              for i, (path, p) in enumerate(zip(paths, picks, strict=True))))
     conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
     conn.execute("COMMIT")

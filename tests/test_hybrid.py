@@ -239,6 +239,9 @@ def test_an_index_from_before_text_records_is_completed_on_update(sfx_dir, model
         conn.execute("ALTER TABLE files DROP COLUMN text")
         conn.execute("ALTER TABLE files DROP COLUMN name_vector")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        conn.executemany("UPDATE files SET vector = ? WHERE id = ?", [  # version 1 stored float32
+            (np.frombuffer(blob, "<f2").astype("<f4").tobytes(), clip_id)
+            for clip_id, blob in conn.execute("SELECT id, vector FROM files").fetchall()])
     with Library.open(index, model) as lib:
         assert sorted(h.id for h in lib.search("door", k=5, mode="audio")) == ids  # searchable as it was
         report = lib.update([sounds], workers=0, progress=False)

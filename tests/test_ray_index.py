@@ -130,7 +130,8 @@ def test_ray_path_writes_the_rows_and_vectors_of_the_local_path_and_reruns_incre
             tags, local_tags = row[-2], local[name][-2]
             assert tags.keys() == local_tags.keys(), name
             np.testing.assert_allclose([tags[t] for t in tags], [local_tags[t] for t in tags], atol=1e-5)
-            np.testing.assert_allclose(row[-1], local[name][-1], atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(row[-1], local[name][-1], atol=1e-5, rtol=2e-3,  # float16: 1 ulp
+                                       err_msg=name)
         assert lib.search("a sheep bleating", k=1)[0].path.endswith("sheep_00.ogg")
 
         (sounds / "sheep_00.ogg").rename(sounds / "moved_sheep.ogg")  # a move: same hash, no model run

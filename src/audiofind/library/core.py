@@ -56,6 +56,7 @@ from .store import (
     NAMES_FAISS_NAME,
     RECORD_COLUMNS,
     abspath,
+    blob_vector,
     connect,
     default_index_dir,
     read_meta,
@@ -130,16 +131,17 @@ class Library:
         model the index was built with, unless `rebuild`: then the next `update` embeds its roots with
         `model` into a staging index beside this one and swaps it in whole when complete (readers keep
         the old index until then; the other roots' clips are dropped, favourites and collections kept).
-        `index_kind` is "auto" (exact below vector_index.APPROX_THRESHOLD clips, IVF above), "flat",
-        "ivf" or "hnsw". `device`: "cpu", "cuda" or "mps", where a model loaded by name runs.
+        `index_kind` is "auto" (exact below vector_index.APPROX_THRESHOLD clips, IVF above, IVF over PQ
+        codes re-scored from the stored vectors above COMPACT_THRESHOLD), "flat", "ivf", "ivfpq" or
+        "hnsw". `device`: "cpu", "cuda" or "mps", where a model loaded by name runs.
         `read_only` (None: when the folder or database is not writable) opens without writing: searching
         works, `update` refuses. `text_backend="numpy"` encodes text queries without importing torch (the
         zero-shot model's MiniLM in numpy, equal to 1e-4): a quick cold start for a text-only search.
         `store`: where the search side lives, "sqlite" (the embedded FAISS + FTS5 default),
         "milvus-lite:PATH.db" or "milvus://HOST:PORT[/COLLECTION]"; None reopens with the recorded store.
         """
-        if index_kind not in ("auto", "flat", "ivf", "hnsw"):
-            raise ValueError(f"index_kind must be auto, flat, ivf or hnsw, got {index_kind!r}")
+        if index_kind not in ("auto", "flat", "ivf", "ivfpq", "hnsw"):
+            raise ValueError(f"index_kind must be auto, flat, ivf, ivfpq or hnsw, got {index_kind!r}")
         index_dir = Path(index_dir).expanduser() if index_dir is not None else default_index_dir()
         db_path = _prepare_folder(index_dir, create)
         if read_only is None:
@@ -570,7 +572,7 @@ class Library:
         return ClipRecord(id=id_, path=os.fsdecode(bytes(path_b)), size=size, mtime_ns=mtime_ns,
                           content_hash=digest, duration=duration, sample_rate=rate, channels=channels,
                           tags=tags_from_json(tags), model_id=model_id, indexed_at=indexed_at,
-                          vector=np.frombuffer(vec, dtype="<f4").astype(np.float32),
+                          vector=blob_vector(vec),
                           words=json.loads(text)["words"] if text else {})
 
     def stats(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Dense name search: each clip's name words (with its UCS category and embedded description) as a sentence
 vector, so "cow mooing" finds cattle_05.ogg and "man screaming in pain" finds male_death_3.wav.
 
-The vectors live in `files.name_vector` (float32; an empty blob for a clip whose name carries no words, NULL
+The vectors live in `files.name_vector` (float16; an empty blob for a clip whose name carries no words, NULL
 for one not yet embedded) and are computed after each update for the rows that need them, so an index
 killed mid-way just finishes them next time. Folders are left out here: their words stay in BM25, where
 a long install prefix cannot blur what the file name says.

@@ -10,23 +10,28 @@ import os
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .records import SearchResult
-from .store import FAISS_NAME, abspath, prefix_range, read_meta, tags_from_json, transaction
+from .store import FAISS_NAME, abspath, blob_vector, prefix_range, read_meta, tags_from_json, transaction
 from .vector_index import (
-    build_faiss_index,
+    REFINE_FACTOR,
     choose_index_kind,
     default_nlist,
+    empty_faiss_index,
     faiss_index_kind,
+    ivf_kind,
     read_faiss_file,
     search_faiss,
+    train_sample_size,
     write_faiss_file,
 )
+
+CHUNK = 100_000  # rows read from SQLite at a time: a build or exact scan never holds every vector
 
 if TYPE_CHECKING:
     import faiss
@@ -92,21 +97,33 @@ class VectorSearcher:
                             and index.ntotal == n:
                         self._index, self._index_generation = index, generation
                         return
-            ids, vectors = self.all_vectors()
-        kind = self._wanted_kind(len(ids))
-        trained = self._reusable_ivf(len(ids)) if kind == "ivf" else None
-        index = build_faiss_index(vectors, ids, kind, nprobe=self.nprobe, trained=trained)
+            kind = self._wanted_kind(n)
+            index = self._build(kind, n)
         self._index, self._index_generation = index, generation
         if not self.persist:
             return
         try:
-            write_faiss_file(path, index, {"generation": generation, "kind": kind, "count": int(len(ids)),
+            write_faiss_file(path, index, {"generation": generation, "kind": kind, "count": int(index.ntotal),
                                             "model_id": read_meta(self.conn, "model_id")})
         except OSError as e:  # a read-only index still searches; only the cache is lost
             print(f"audiofind: cannot write {path}: {e}", file=sys.stderr)
 
-    def _reusable_ivf(self, n: int) -> faiss.Index | None:
-        """The trained IVF index in memory or on disk, if its list count still suits `n` clips."""
+    def _build(self, kind: str, n: int) -> faiss.Index:
+        """Train on a sample of the rows (or reuse the last training), then add them a chunk at a time."""
+        trained = self._reusable_ivf(n, kind) if kind in ("ivf", "ivfpq") else None
+        sample = np.zeros((0, self._dim()), np.float32)
+        if trained is None and train_sample_size(kind, n):
+            all_ids = np.array([r[0] for r in self.conn.execute(
+                f"SELECT id FROM files WHERE {self._present}")], dtype=np.int64)
+            picked = np.random.default_rng(0).permutation(all_ids)[:train_sample_size(kind, n)]
+            sample = self.all_vectors(picked)[1]
+        index = empty_faiss_index(sample.shape[1], kind, n, sample, nprobe=self.nprobe, trained=trained)
+        for ids, vectors in self.vector_chunks():
+            index.add_with_ids(vectors, ids)
+        return index
+
+    def _reusable_ivf(self, n: int, kind: str) -> faiss.Index | None:
+        """The trained IVF index in memory or on disk, if its family and list count still suit `n` clips."""
         import faiss
 
         previous = self._index
@@ -114,38 +131,47 @@ class VectorSearcher:
             loaded = read_faiss_file(self.index_dir / self.file_name)
             previous = loaded[1] if loaded is not None else None
         ivf = faiss.try_extract_index_ivf(previous) if previous is not None else None
-        if ivf is None or not ivf.is_trained:
+        if ivf is None or not ivf.is_trained or ivf_kind(ivf) != kind or previous.d != self._dim():
             return None
-        return ivf if 0.5 <= ivf.nlist / default_nlist(n) <= 2 else None
+        return previous if 0.5 <= ivf.nlist / default_nlist(n) <= 2 else None  # whole: OPQ included
+
+    def vector_chunks(self, ids: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of all rows (or of `ids`), CHUNK rows at a time, in id order."""
+        if ids is not None:
+            for start in range(0, len(ids), CHUNK):
+                yield self.all_vectors(ids[start:start + CHUNK])
+            return
+        last = -1
+        while True:
+            chunk = np.array([r[0] for r in self.conn.execute(
+                f"SELECT id FROM files WHERE id > ? AND {self._present} ORDER BY id LIMIT ?", (last, CHUNK))],
+                dtype=np.int64)
+            if not len(chunk):
+                return
+            last = int(chunk[-1])
+            yield self.all_vectors(chunk)
 
     def all_vectors(self, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, (n, dim) float32 vectors) of all rows, or of `ids` only, filled in place (no blob list)."""
-        dim = self._dim()
+        """(ids, (n, dim) float32 vectors) of all rows, or of `ids` only (ids without a vector left out)."""
         if ids is None:
-            n = self._count()
-            chunks: Iterable[list[int] | None] = [None]
-        else:
-            id_list = [int(i) for i in ids]
-            n = len(id_list)
-            chunks = (id_list[i:i + 10_000] for i in range(0, n, 10_000))
-        out_ids = np.empty(n, dtype=np.int64)
-        vectors = np.empty((n, dim), dtype=np.float32)
-        row = 0
-        for chunk in chunks:
-            if chunk is None:
-                cursor = self.conn.execute(f"SELECT id, {self.column} FROM files WHERE {self._present} "
-                                           "ORDER BY id")
-            else:
-                marks = ",".join("?" * len(chunk))
-                cursor = self.conn.execute(f"SELECT id, {self.column} FROM files WHERE id IN ({marks}) "
-                                           f"AND {self._present}", chunk)
-            for clip_id, blob in cursor:
-                if row == n:  # rows added since the count: the next refresh picks them up
-                    break
-                out_ids[row] = clip_id
-                vectors[row] = np.frombuffer(blob, dtype="<f4")
-                row += 1
-        return out_ids[:row], vectors[:row]
+            parts = list(self.vector_chunks())
+            if not parts:
+                return np.zeros(0, np.int64), np.zeros((0, self._dim()), np.float32)
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        id_list = [int(i) for i in ids]
+        out_ids: list[int] = []
+        blobs: list[bytes] = []
+        for start in range(0, len(id_list), 10_000):
+            chunk = id_list[start:start + 10_000]
+            for clip_id, blob in self.conn.execute(
+                    f"SELECT id, {self.column} FROM files WHERE id IN ({','.join('?' * len(chunk))}) "
+                    f"AND {self._present}", chunk):
+                out_ids.append(clip_id)
+                blobs.append(blob)
+        if not blobs:
+            return np.zeros(0, np.int64), np.zeros((0, self._dim()), np.float32)
+        vectors = np.frombuffer(b"".join(blobs), dtype="<f2").reshape(len(blobs), -1)  # one decode, not n
+        return np.array(out_ids, dtype=np.int64), vectors.astype(np.float32)
 
     def search(self, queries: np.ndarray, k: int, *, min_duration: float | None = None,
                max_duration: float | None = None, path_prefix: str | os.PathLike[str] | None = None,
@@ -162,10 +188,14 @@ class VectorSearcher:
                 return [[] for _ in queries]
             available = index.ntotal if allowed is None else len(allowed)
             want = min(k + len(exclude), available)
-            scores, ids = search_faiss(index, queries, want, allowed_ids=allowed, nprobe=self.nprobe)
+            refine = REFINE_FACTOR if faiss_index_kind(index) == "ivfpq" else 1
+            scores, ids = search_faiss(index, queries, min(want * refine, available), allowed_ids=allowed,
+                                       nprobe=self.nprobe)
             out = []
             for q, s_row, i_row in zip(queries, scores, ids, strict=True):
                 n = want
+                if refine > 1:  # PQ codes give candidates; the stored vectors give their exact scores
+                    s_row, i_row = self._rescore(q, i_row[i_row >= 0], n)
                 while True:
                     if (i_row >= 0).sum() < n:  # approximate index fell short: answer this query exactly
                         s_row, i_row = self._exact_search(q, n, allowed)
@@ -174,17 +204,30 @@ class VectorSearcher:
                     if len(found) >= k or n >= available:
                         break
                     n = min(2 * n, available)  # identical copies took places: look deeper
-                    s_row, i_row = (a[0] for a in search_faiss(index, q[None], n, allowed_ids=allowed,
-                                                                 nprobe=self.nprobe))
+                    s_row, i_row = (a[0] for a in search_faiss(index, q[None], min(n * refine, available),
+                                                                 allowed_ids=allowed, nprobe=self.nprobe))
+                    if refine > 1:
+                        s_row, i_row = self._rescore(q, i_row[i_row >= 0], n)
                 out.append(found)
             return out
 
-    def _exact_search(self, query: np.ndarray, k: int,
-                      allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        ids, vectors = self.all_vectors(allowed)
+    def _rescore(self, query: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The `k` best of candidate `ids` by exact score against their stored vectors."""
+        ids, vectors = self.all_vectors(ids)
         scores = vectors @ query
         top = np.argsort(-scores, kind="stable")[:k]
         return scores[top], ids[top]
+
+    def _exact_search(self, query: np.ndarray, k: int,
+                      allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """A scan of every (allowed) stored vector, a chunk at a time, keeping the best `k`."""
+        best_scores, best_ids = np.zeros(0, np.float32), np.zeros(0, np.int64)
+        for ids, vectors in self.vector_chunks(allowed):
+            scores = np.concatenate([best_scores, vectors @ query])
+            ids = np.concatenate([best_ids, ids])
+            top = np.lexsort((ids, -scores))[:k]  # ties by id: the same order as one whole scan
+            best_scores, best_ids = scores[top], ids[top]
+        return best_scores, best_ids
 
     def _filter_ids(self, min_duration: float | None, max_duration: float | None,
                     path_prefix: str | os.PathLike[str] | None) -> np.ndarray | None:
@@ -232,7 +275,7 @@ class VectorSearcher:
         """The stored vector of these bytes, if any indexed file holds them (no model run needed)."""
         row = self.conn.execute(f"SELECT {self.column} FROM files WHERE content_hash = ? AND {self._present} "
                                 "LIMIT 1", (digest,)).fetchone()
-        return np.frombuffer(row[0], dtype="<f4").astype(np.float32) if row is not None else None
+        return blob_vector(row[0]) if row is not None else None
 
 
 def filter_clause(min_duration: float | None = None, max_duration: float | None = None,

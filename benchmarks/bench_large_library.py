@@ -1,0 +1,158 @@
+"""A large library end to end: disk bytes per clip, RAM while building and serving, latency and recall.
+
+    python benchmarks/bench_large_library.py --seed-index bench-out/hybrid/named-index --sizes 100000,1000000
+
+Each size is a synthetic library grown from a real index by bench_hybrid_latency.build (audio vectors
+mixed from real ones, real text records, name vectors), written in the library's own format (float16
+blobs, 16 KB pages). Then, each in a fresh process: the library builds its FAISS index (`auto` kind,
+from SQLite in chunks) on the first search, and a second process opens it and answers the 159 real
+sfx-dev queries one at a time through `Library.search_vector` (the query vectors come from the real
+text encoder; the first pass warms caches). Peak RSS is the process's VmHWM; recall@10 is against
+an exact scan of the stored vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_hybrid_latency import build, seed_rows  # noqa: E402
+from bench_search import recall_at_k  # noqa: E402
+from sfxdev import QUERIES_TSV, load_manifest, load_queries  # noqa: E402
+
+from audiofind.library import DB_NAME, Library  # noqa: E402
+from audiofind.library.store import FAISS_NAME  # noqa: E402
+
+
+def child(target: str, queries_npy: str, phase: str) -> None:
+    """One process: 'build' makes the FAISS file; 'serve' opens it and times the queries."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    qvecs = np.load(queries_npy)
+    t0 = time.perf_counter()
+    with Library.open(target, index_kind=os.environ.get("BENCH_INDEX_KIND", "auto")) as lib:
+        lib.search_vector(qvecs[0], k=10)
+        first = time.perf_counter() - t0
+        out = {"phase": phase, "first_search_s": first, "kind": lib.stats()["index_kind"]}
+        if phase == "serve":
+            times, ids = [], []
+            for r in range(2):
+                for q in qvecs:
+                    t1 = time.perf_counter()
+                    hits = lib.search_vector(q, k=10)
+                    times.append(1000 * (time.perf_counter() - t1))
+                    if r:
+                        ids.append([h.id for h in hits] + [-1] * (10 - len(hits)))
+                if r == 0:
+                    times.clear()
+            out.update(p50_ms=float(np.percentile(times, 50)), p99_ms=float(np.percentile(times, 99)),
+                       ids=ids)
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    out["peak_rss_mb"] = int(status["VmHWM"].split()[0]) / 1024  # ru_maxrss would carry the parent's over
+    print(json.dumps(out))
+
+
+def run_child(target: Path, queries_npy: Path, phase: str) -> dict:
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, __file__, "--child", str(target), str(queries_npy), phase],
+                         env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def exact_top10(db: Path, qvecs: np.ndarray) -> np.ndarray:
+    """Exact top-10 ids per query from the stored float16 vectors, a chunk at a time."""
+    best = np.zeros((len(qvecs), 0), np.float32), np.zeros((len(qvecs), 0), np.int64)
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        cursor = conn.execute("SELECT id, vector FROM files ORDER BY id")
+        while rows := cursor.fetchmany(100_000):
+            ids = np.array([r[0] for r in rows], np.int64)
+            vecs = np.frombuffer(b"".join(r[1] for r in rows), "<f2").reshape(len(rows), -1)
+            vecs = vecs.astype(np.float32)
+            scores = np.concatenate([best[0], qvecs @ vecs.T], axis=1)
+            all_ids = np.concatenate([best[1], np.broadcast_to(ids, (len(qvecs), len(ids)))], axis=1)
+            top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+            best = np.take_along_axis(scores, top, 1), np.take_along_axis(all_ids, top, 1)
+    return best[1]
+
+
+def disk_bytes(target: Path) -> dict[str, float]:
+    """Bytes on disk of SQLite (with its WAL) and the FAISS file, and the vectors' share of SQLite."""
+    sqlite_bytes = sum(p.stat().st_size for p in target.glob(f"{DB_NAME}*"))
+    with sqlite3.connect(f"file:{target / DB_NAME}?mode=ro", uri=True) as conn:
+        n, audio, names = conn.execute("SELECT COUNT(*), SUM(length(vector)), "
+                                       "SUM(COALESCE(length(name_vector), 0)) FROM files").fetchone()
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+    faiss_bytes = (target / FAISS_NAME).stat().st_size
+    return {"sqlite_b": sqlite_bytes / n, "faiss_b": faiss_bytes / n, "audio_vector_b": audio / n,
+            "name_vector_b": names / n, "page_size": page}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seed-index", type=Path, default=Path("bench-out/hybrid/named-index"))
+    ap.add_argument("--sfx", type=Path, default=Path("../shared/data/sfx-dev"))
+    ap.add_argument("--work", type=Path, default=Path("bench-out/large-library"))
+    ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--index-kind", default="auto", help="Library.open(index_kind=...)")
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    os.environ["BENCH_INDEX_KIND"] = args.index_kind  # for the child processes
+    from audiofind.models import load_model
+
+    queries, _ = load_queries(QUERIES_TSV, load_manifest(args.sfx))
+    args.work.mkdir(parents=True, exist_ok=True)
+    queries_npy = args.work / "queries.npy"
+    np.save(queries_npy, load_model().encode_text(list(queries)).astype(np.float32))
+    qvecs = np.load(queries_npy)
+    seed = seed_rows(args.seed_index)
+    rows = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        target = args.work / f"n{n}"
+        rng = np.random.default_rng(0)
+        if not (target / DB_NAME).exists():
+            t0 = time.perf_counter()
+            build(target, n, seed, rng)
+            print(f"wrote {n:,} rows in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        (target / FAISS_NAME).unlink(missing_ok=True)
+        built = run_child(target, queries_npy, "build")
+        served = run_child(target, queries_npy, "serve")
+        row = {"clips": n, "kind": served["kind"], "build_s": built["first_search_s"],
+               "build_rss_mb": built["peak_rss_mb"], "serve_rss_mb": served["peak_rss_mb"],
+               "open_s": served["first_search_s"], "p50_ms": served["p50_ms"], "p99_ms": served["p99_ms"],
+               "recall10": recall_at_k(exact_top10(target / DB_NAME, qvecs), np.array(served["ids"])),
+               **disk_bytes(target)}
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    print("| clips | FAISS | SQLite B/clip (vectors: audio + names) | FAISS B/clip | total B/clip | "
+          "build s | build peak RSS | serving peak RSS | p50 ms | p99 ms | recall@10 |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['clips']:,} | {r['kind']} | {r['sqlite_b']:,.0f} ({r['audio_vector_b']:.0f} + "
+              f"{r['name_vector_b']:.0f}) | {r['faiss_b']:,.0f} | {r['sqlite_b'] + r['faiss_b']:,.0f} | "
+              f"{r['build_s']:.0f} | {r['build_rss_mb']:,.0f} MB | {r['serve_rss_mb']:,.0f} MB | "
+              f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['recall10']:.3f} |")
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    print(f"\ncommand: `{command}`")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"rows": rows, "command": command}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
