@@ -191,9 +191,9 @@ class Library:
 
     def _name_dim(self) -> int:
         """The size of the stored name vectors (the sentence encoder's, loaded only when none is stored)."""
-        row = self._conn.execute("SELECT length(name_vector) FROM files WHERE length(name_vector) > 0 "
+        row = self._conn.execute("SELECT name_vector FROM files WHERE length(name_vector) > 0 "
                                  "LIMIT 1").fetchone()
-        return row[0] // 4 if row else self.sentences.dim
+        return len(blob_vector(row[0])) if row else self.sentences.dim
 
     def close(self) -> None:
         """Release the database; the object is unusable afterwards."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .records import LibraryError
-from .store import abspath, read_meta, transaction
+from .store import abspath, blob_vector, read_meta, transaction
 
 SQLITE = "sqlite"
 TOKEN_ENV = "AUDIOFIND_MILVUS_TOKEN"  # "user:password" or an API key, for a secured Milvus
@@ -261,8 +261,6 @@ class MilvusStore:
 
     def _entities(self, ids: list[int]) -> list[dict[str, Any]]:
         """The Milvus entities of these clips as SQLite has them now (rows deleted meanwhile are skipped)."""
-        import numpy as np
-
         name_dim = self._name_dim()
         marks = ",".join("?" * len(ids))
         with self.lock:
@@ -277,9 +275,9 @@ class MilvusStore:
                 "id": int(id_), "stamp": stamp(row[:9], has_name), "path_hex": bytes(path_b).hex(),
                 "duration": float(duration), "sample_rate": int(rate), "channels": int(channels),
                 "tags": _clip_bytes(tags), "model_id": model_id,
-                "vector": np.frombuffer(vec, dtype="<f4").tolist(),
+                "vector": blob_vector(vec).tolist(),
                 "has_name": has_name,
-                "name_vector": (np.frombuffer(name_vec, dtype="<f4").tolist() if has_name
+                "name_vector": (blob_vector(name_vec).tolist() if has_name
                                 else [0.0] * name_dim),
                 "columns": _clip_bytes(json.dumps(columns)), "fts": _clip_bytes(" ".join(columns.values())),
             })
