@@ -13,9 +13,6 @@ time, end to end (text encoders, FAISS, FTS5, fusion); the first pass warms cach
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shlex
 import sqlite3
 import sys
 import time
@@ -24,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from bench_search import synthetic_library  # noqa: E402
+from report import finish  # noqa: E402
 from sfxdev import QUERIES_TSV, load_manifest, load_queries  # noqa: E402
 
 from audiofind.library import DB_NAME, Library  # noqa: E402
@@ -123,12 +122,7 @@ def main() -> None:
                 rows.append(f"| {n:,} | {mode} | {row['index']} | " + " | ".join(cells) + " |")
     print("| clips | mode | FAISS | p50 ms | p99 ms | CPU p50 ms | CPU p99 ms |\n"
           "|---:|---|---|---:|---:|---:|---:|\n" + "\n".join(rows))
-    print(f"\nload average while measuring: {os.getloadavg()[0]:.1f} (2 cores)")
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    print(f"\ncommand: `{command}`")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": out, "command": command}, indent=1) + "\n")
+    finish(out, args.json, load=True)
 
 
 if __name__ == "__main__":

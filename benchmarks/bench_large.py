@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -23,8 +22,10 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from bench_hybrid_latency import seed_rows  # noqa: E402
 from bench_search import recall_at_k, synthetic_library  # noqa: E402
+from report import finish  # noqa: E402
 from sfxdev import QUERIES_TSV, load_manifest, load_queries  # noqa: E402
 
 from audiofind.library.vector_index import (  # noqa: E402
@@ -127,11 +128,7 @@ def main() -> None:
         print(f"| {r['clips']:,} | {r['family']} | {r['nprobe']} | {r['build_s']:.0f} | "
               f"{r['faiss_bytes_per_clip']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
               f"{r['recall10']:.3f} |")
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    print(f"\ncommand: `{command}`")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows, "command": command}, indent=1) + "\n")
+    finish(rows, args.json)
 
 
 if __name__ == "__main__":

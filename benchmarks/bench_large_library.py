@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sqlite3
 import subprocess
 import sys
@@ -26,8 +25,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from bench_hybrid_latency import build, seed_rows  # noqa: E402
 from bench_search import recall_at_k  # noqa: E402
+from report import finish  # noqa: E402
 from sfxdev import QUERIES_TSV, load_manifest, load_queries  # noqa: E402
 
 from audiofind.library import DB_NAME, Library  # noqa: E402
@@ -147,11 +148,7 @@ def main() -> None:
               f"{r['name_vector_b']:.0f}) | {r['faiss_b']:,.0f} | {r['sqlite_b'] + r['faiss_b']:,.0f} | "
               f"{r['build_s']:.0f} | {r['build_rss_mb']:,.0f} MB | {r['serve_rss_mb']:,.0f} MB | "
               f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['recall10']:.3f} |")
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    print(f"\ncommand: `{command}`")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows, "command": command}, indent=1) + "\n")
+    finish(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sfx_clips import EIGHT_CLIPS, SFX
 from typer.testing import CliRunner
 
 from audiofind.cli.main import app
@@ -21,22 +22,9 @@ from audiofind.library import DB_NAME, FAISS_NAME, Library, LibraryError, core
 from audiofind.library.vector_index import read_faiss_file
 from audiofind.models import AudioEmbeddings
 
-ROOT = Path(__file__).resolve().parents[1]
-SFX = ROOT.parent / "shared" / "data" / "sfx-dev"
-if not SFX.is_dir():
-    SFX = Path(os.environ.get("AUDIOFIND_SHARED", ROOT.parent / "shared")) / "data" / "sfx-dev"
 SR = 32_000
 
-CLIPS = [
-    "widelands/data/sound/farm/sheep_00.ogg",
-    "widelands/data/sound/animals/bird1_00.ogg",
-    "0ad/audio/actor/fauna/animal/chicken_10.ogg",
-    "0ad/audio/actor/fauna/animal/cattle_01.ogg",
-    "minetest/games/minetest_game/mods/default/sounds/default_break_glass.1.ogg",
-    "0ad/audio/attack/weapon/sword_attack_03.ogg",
-    "0ad/audio/ambient/weather/thunder_10.ogg",
-    "widelands/data/sound/farm/horse_00.ogg",
-]
+CLIPS = EIGHT_CLIPS
 # groups of byte-identical files in sfx-dev (same blake2b), each stored under its own name
 IDENTICAL = [
     ["0ad/audio/actor/fauna/animal/horse_death1.ogg", "0ad/audio/actor/fauna/death/death_horse_12.ogg"],

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sfx_clips import EIGHT_CLIPS, SFX
 
 from audiofind.library import Library, core
 from audiofind.library.ray_executor import LOST, RayExecutor
@@ -29,15 +30,7 @@ from audiofind.library.ray_executor import LOST, RayExecutor
 ray = pytest.importorskip("ray")
 
 ROOT = Path(__file__).resolve().parents[1]
-SFX = Path(os.environ.get("AUDIOFIND_SHARED", ROOT.parent / "shared")) / "data" / "sfx-dev"
-CLIPS = [
-    "widelands/data/sound/farm/sheep_00.ogg",
-    "widelands/data/sound/animals/bird1_00.ogg",
-    "0ad/audio/actor/fauna/animal/chicken_10.ogg",
-    "0ad/audio/actor/fauna/animal/cattle_01.ogg",
-    "minetest/games/minetest_game/mods/default/sounds/default_break_glass.1.ogg",
-    "0ad/audio/attack/weapon/sword_attack_03.ogg",
-]
+CLIPS = EIGHT_CLIPS[:6]
 WAIT_SECONDS = 120.0  # generous bound on waiting for a condition; passing runs take a fraction of it
 
 pytestmark = pytest.mark.skipif(not SFX.is_dir(), reason=f"needs the shared sound effects in {SFX}")

@@ -26,27 +26,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from sfx_clips import EIGHT_CLIPS, SFX
 
 from audiofind import audio
 from audiofind.library import DB_NAME, Library, core, updater, workers
 from audiofind.models import AudioEmbeddings
 
 ROOT = Path(__file__).resolve().parents[1]
-SFX = ROOT.parent / "shared" / "data" / "sfx-dev"
-if not SFX.is_dir():
-    SFX = Path(os.environ.get("AUDIOFIND_SHARED", ROOT.parent / "shared")) / "data" / "sfx-dev"
 SR = 32_000
 
-CLIPS = [
-    "widelands/data/sound/farm/sheep_00.ogg",
-    "widelands/data/sound/animals/bird1_00.ogg",
-    "0ad/audio/actor/fauna/animal/chicken_10.ogg",
-    "0ad/audio/actor/fauna/animal/cattle_01.ogg",
-    "minetest/games/minetest_game/mods/default/sounds/default_break_glass.1.ogg",
-    "0ad/audio/attack/weapon/sword_attack_03.ogg",
-    "0ad/audio/ambient/weather/thunder_10.ogg",
-    "widelands/data/sound/farm/horse_00.ogg",
-]
+CLIPS = EIGHT_CLIPS
 # the sfx-dev files that decode to under 0.05 s (per manifest.tsv): nothing for a tagger to hear
 SHORT = [
     "wesnoth/usr/share/games/wesnoth/1.16/sounds/checkbox.wav",
