@@ -74,10 +74,11 @@ def mode_matrices(lib: Library, queries: Sequence[str], column: dict[str, int], 
     out = [np.full((len(queries), len(column)), np.nan) for _ in fields]
     for i, hits in enumerate(lib.search_many(list(queries), k=k, mode=mode)):
         for h in hits:
-            j = column.get(str(Path(h.path).resolve()))
-            if j is not None:
-                for matrix, field in zip(out, fields, strict=True):
-                    matrix[i, j] = getattr(h, field)
+            for path in h.paths:  # identical files are one result listing every copy: each is found
+                j = column.get(str(Path(path).resolve()))
+                if j is not None:
+                    for matrix, field in zip(out, fields, strict=True):
+                        matrix[i, j] = getattr(h, field)
     return out
 
 

@@ -85,9 +85,10 @@ def zero_shot_scores(
     scores = np.full((len(queries), len(anon_paths)), -np.inf)
     for i, hits in enumerate(results):
         for hit in hits:
-            j = column.get(str(Path(hit.path).resolve()))
-            if j is not None:
-                scores[i, j] = hit.score
+            for path in hit.paths:  # identical files are one result listing every copy: each is found
+                j = column.get(str(Path(path).resolve()))
+                if j is not None:
+                    scores[i, j] = hit.score
     return scores
 
 
