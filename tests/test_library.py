@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 os.environ.setdefault("AUDIOFIND_ASSETS", str(SHARED / "assets"))
 
+from sfx_clips import copy_clip  # noqa: E402
+
 from audiofind import library as libmod  # noqa: E402
 from audiofind.library import (  # noqa: E402
     FAISS_NAME,
@@ -86,13 +88,6 @@ def write_wav(path: Path, wave: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(wav_bytes(wave))
     return path
-
-
-def copy_clip(rel: str, dest_dir: Path, name: str | None = None) -> Path:
-    dest = dest_dir / (name or Path(rel).name)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(SFX / rel, dest)
-    return dest
 
 
 def names(results) -> list[str]:

@@ -14,15 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sfx_clips import EIGHT_CLIPS, SFX
+from sfx_clips import EIGHT_CLIPS, SFX, SpectrumModel, copy_clip
 from typer.testing import CliRunner
 
 from audiofind.cli.main import app
 from audiofind.library import DB_NAME, FAISS_NAME, Library, LibraryError, core
 from audiofind.library.vector_index import read_faiss_file
-from audiofind.models import AudioEmbeddings
-
-SR = 32_000
 
 CLIPS = EIGHT_CLIPS
 # groups of byte-identical files in sfx-dev (same blake2b), each stored under its own name
@@ -42,27 +39,6 @@ IDENTICAL = [
 pytestmark = pytest.mark.skipif(not SFX.is_dir(), reason=f"needs the shared sound effects in {SFX}")
 
 
-class SpectrumModel:
-    """A cheap deterministic stand-in for the tagger; counts the clips it embeds."""
-
-    model_id = "manage-spectrum-v1"
-    source = "manage"
-    dim = 8
-    sample_rate = SR
-
-    def __init__(self) -> None:
-        self.embedded = 0
-
-    def embed_audio(self, waves):
-        self.embedded += len(waves)
-        vecs = np.stack([np.abs(np.fft.rfft(w[: 1 << 16], 14))[:8] + 1e-3 for w in waves]).astype(np.float32)
-        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        return AudioEmbeddings(vectors=vecs, tags=[[("Sound", 1.0)] for _ in waves])
-
-    def encode_text(self, texts):
-        return np.ones((len(texts), self.dim), np.float32) / np.sqrt(self.dim)
-
-
 @pytest.fixture
 def fake(monkeypatch) -> SpectrumModel:
     """The stand-in model, also for the CLI (which loads the index's model by name)."""
@@ -70,13 +46,6 @@ def fake(monkeypatch) -> SpectrumModel:
     monkeypatch.setattr(core, "fill_name_vectors", lambda *a, **k: 0)  # no sentence encoder for names
     monkeypatch.setattr(core, "_load_model", lambda name, *_: model)
     return model
-
-
-def copy(rel: str, dest: Path, name: str | None = None) -> Path:
-    path = dest / (name or Path(rel).name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(SFX / rel, path)
-    return path
 
 
 def paths(lib: Library) -> set[str]:
@@ -101,18 +70,18 @@ def cli(*args: str):
 
 def test_index_with_no_paths_refreshes_every_known_root(tmp_path, fake):
     a, b = tmp_path / "a", tmp_path / "b"
-    copy(CLIPS[0], a), copy(CLIPS[1], a), copy(CLIPS[2], b)
+    copy_clip(CLIPS[0], a), copy_clip(CLIPS[1], a), copy_clip(CLIPS[2], b)
     index = tmp_path / "index"
     with Library.open(index, fake, create=True) as lib:
         lib.update([a], workers=0, progress=False)
         lib.update([b], workers=0, progress=False)
         assert lib.roots() == [str(a), str(b)]
         (a / Path(CLIPS[0]).name).unlink()
-        copy(CLIPS[3], b)
+        copy_clip(CLIPS[3], b)
         report = lib.update(workers=0, progress=False)  # no roots: all of them
         assert (report.added, report.removed, report.missing_roots) == (1, 1, [])
         assert {Path(p).name for p in paths(lib)} == {Path(r).name for r in CLIPS[1:4]}
-    copy(CLIPS[4], a)
+    copy_clip(CLIPS[4], a)
     out = cli("index", "--index", index, "--json", "-q")
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["added"] == 1 and json.loads(out.stdout)["index"]["clips"] == 4
@@ -134,9 +103,9 @@ def test_index_with_no_paths_needs_known_roots(tmp_path, fake):
 def test_remove_a_root_drops_its_clips_vectors_and_root(tmp_path, fake):
     a, b = tmp_path / "a", tmp_path / "b"
     for rel in CLIPS[:3]:
-        copy(rel, a)
+        copy_clip(rel, a)
     for rel in CLIPS[3:6]:
-        copy(rel, b)
+        copy_clip(rel, b)
     with Library.open(tmp_path / "index", fake, create=True) as lib:
         lib.update([a, b], workers=0, progress=False)
         assert len(everything(lib)) == 6
@@ -155,10 +124,10 @@ def test_remove_a_root_drops_its_clips_vectors_and_root(tmp_path, fake):
 def test_remove_a_folder_inside_a_root_keeps_it_out_of_refreshes(tmp_path, fake):
     root = tmp_path / "sounds"
     for rel in CLIPS[:2]:
-        copy(rel, root / "keep")
+        copy_clip(rel, root / "keep")
     for rel in CLIPS[2:5]:
-        copy(rel, root / "drop")
-    single = copy(CLIPS[5], root)
+        copy_clip(rel, root / "drop")
+    single = copy_clip(CLIPS[5], root)
     with Library.open(tmp_path / "index", fake, create=True) as lib:
         lib.update([root], workers=0, progress=False)
         report = lib.remove([root / "drop", single])
@@ -175,7 +144,7 @@ def test_remove_a_folder_inside_a_root_keeps_it_out_of_refreshes(tmp_path, fake)
 
 def test_remove_refuses_unknown_paths_and_changes_nothing(tmp_path, fake):
     root = tmp_path / "sounds"
-    copy(CLIPS[0], root), copy(CLIPS[1], root / "sub")
+    copy_clip(CLIPS[0], root), copy_clip(CLIPS[1], root / "sub")
     index = tmp_path / "index"
     with Library.open(index, fake, create=True) as lib:
         lib.update([root], workers=0, progress=False)
@@ -201,7 +170,7 @@ def test_remove_refuses_unknown_paths_and_changes_nothing(tmp_path, fake):
 
 def test_a_root_that_is_gone_is_reported_then_pruned(tmp_path, fake):
     a, b = tmp_path / "a", tmp_path / "b"
-    copy(CLIPS[0], a), copy(CLIPS[1], b), copy(CLIPS[2], b)
+    copy_clip(CLIPS[0], a), copy_clip(CLIPS[1], b), copy_clip(CLIPS[2], b)
     index = tmp_path / "index"
     with Library.open(index, fake, create=True) as lib:
         lib.update([a, b], workers=0, progress=False)
@@ -222,7 +191,7 @@ def test_a_root_that_is_gone_is_reported_then_pruned(tmp_path, fake):
 
 def test_remove_missing_prunes_too(tmp_path, fake):
     a = tmp_path / "a"
-    copy(CLIPS[0], a)
+    copy_clip(CLIPS[0], a)
     index = tmp_path / "index"
     with Library.open(index, fake, create=True) as lib:
         lib.update([a], workers=0, progress=False)
@@ -238,8 +207,8 @@ def test_remove_missing_prunes_too(tmp_path, fake):
 def test_a_root_given_through_a_symlink_is_stored_once_and_filters_both_ways(tmp_path, fake):
     real = tmp_path / "library" / "sounds"
     for rel in CLIPS[:3]:
-        copy(rel, real / "farm")
-    copy(CLIPS[3], real / "weather")
+        copy_clip(rel, real / "farm")
+    copy_clip(CLIPS[3], real / "weather")
     alias = tmp_path / "alias"
     alias.symlink_to(tmp_path / "library", target_is_directory=True)
     with Library.open(tmp_path / "index", fake, create=True) as lib:
@@ -258,7 +227,7 @@ def test_a_root_given_through_a_symlink_is_stored_once_and_filters_both_ways(tmp
 
 def test_a_link_from_one_root_into_another_is_not_walked_twice(tmp_path, fake):
     a, b = tmp_path / "a", tmp_path / "b"
-    copy(CLIPS[0], a), copy(CLIPS[1], b), copy(CLIPS[2], b / "sub")
+    copy_clip(CLIPS[0], a), copy_clip(CLIPS[1], b), copy_clip(CLIPS[2], b / "sub")
     (a / "to-b").symlink_to(b, target_is_directory=True)
     (a / "to-b-sub").symlink_to(b / "sub", target_is_directory=True)
     with Library.open(tmp_path / "index", fake, create=True) as lib:
@@ -278,8 +247,9 @@ def test_a_link_from_one_root_into_another_is_not_walked_twice(tmp_path, fake):
 def copies(tmp_path, fake) -> tuple[Library, Path, list[Path]]:
     """Three distinct clips, one of them stored under three names in two folders."""
     root = tmp_path / "sounds"
-    distinct = [copy(rel, root / "a") for rel in CLIPS[:3]]
-    dupes = [copy(CLIPS[0], root / "a", "sheep_copy.ogg"), copy(CLIPS[0], root / "b", "sheep_again.ogg")]
+    distinct = [copy_clip(rel, root / "a") for rel in CLIPS[:3]]
+    dupes = [copy_clip(CLIPS[0], root / "a", "sheep_copy.ogg"),
+             copy_clip(CLIPS[0], root / "b", "sheep_again.ogg")]
     lib = Library.open(tmp_path / "index", fake, create=True)
     report = lib.update([root], workers=0, progress=False)
     assert report.added == 5
@@ -307,7 +277,7 @@ def test_similar_leaves_out_the_file_and_its_identical_copies(copies, tmp_path):
     for query in (sheep, copy_b, lib.find(copy_a).id):
         found = lib.similar(query, k=10)
         assert {r.path for r in found} == {str(bird), str(chicken)}, query
-    outside = copy(CLIPS[0], tmp_path / "outside")  # not indexed: known by its bytes
+    outside = copy_clip(CLIPS[0], tmp_path / "outside")  # not indexed: known by its bytes
     embedded = lib.model.embedded
     assert {r.path for r in lib.similar(outside, k=10)} == {str(bird), str(chicken)}
     assert lib.model.embedded == embedded  # the stored vector of those bytes served, no model run
@@ -326,7 +296,7 @@ def real(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("identical")
     for rel in [*(r for group in IDENTICAL for r in group), *CLIPS[:4]]:
-        copy(rel, base / "sounds" / Path(rel).parent)
+        copy_clip(rel, base / "sounds" / Path(rel).parent)
     lib = Library.open(base / "index", shared_model(), create=True)
     report = lib.update([base / "sounds"], workers=0, progress=False)
     assert report.added == sum(map(len, IDENTICAL)) + 4, report.to_dict()
@@ -378,7 +348,7 @@ def test_remove_and_prune_take_the_write_lock(tmp_path, fake):
     from audiofind.library.records import IndexBusyError
 
     a = tmp_path / "a"
-    copy(CLIPS[0], a)
+    copy_clip(CLIPS[0], a)
     with Library.open(tmp_path / "index", fake, create=True) as lib:
         lib.update([a], workers=0, progress=False)
         with UpdateActivity(lib.index_dir):  # another writer's run in progress

@@ -26,11 +26,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from sfx_clips import EIGHT_CLIPS, SFX
+from sfx_clips import EIGHT_CLIPS, SFX, SpectrumModel, copy_clip
 
 from audiofind import audio
 from audiofind.library import DB_NAME, Library, core, updater, workers
-from audiofind.models import AudioEmbeddings
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 32_000
@@ -46,33 +45,9 @@ SHORT = [
 pytestmark = pytest.mark.skipif(not SFX.is_dir(), reason=f"needs the shared sound effects in {SFX}")
 
 
-class SpectrumModel:
-    """A cheap deterministic stand-in for the tagger."""
-
-    model_id = "robust-spectrum-v1"
-    source = "robust"
-    dim = 8
-    sample_rate = SR
-
-    def embed_audio(self, waves):
-        vecs = np.stack([np.abs(np.fft.rfft(w[: 1 << 16], 14))[:8] + 1e-3 for w in waves]).astype(np.float32)
-        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        return AudioEmbeddings(vectors=vecs, tags=[[("Sound", 1.0)] for _ in waves])
-
-    def encode_text(self, texts):
-        return np.ones((len(texts), self.dim), np.float32) / np.sqrt(self.dim)
-
-
 @pytest.fixture(autouse=True)
 def _no_name_vectors(monkeypatch):
     monkeypatch.setattr(core, "fill_name_vectors", lambda *a, **k: 0)
-
-
-def copy(rel: str, dest: Path, name: str | None = None) -> Path:
-    path = dest / (name or Path(rel).name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(SFX / rel, path)
-    return path
 
 
 def open_lib(tmp_path: Path) -> Library:
@@ -128,7 +103,7 @@ def crafted_wav(rate: int, channels: int, bits: int, data_len: int) -> bytes:
 def test_crafted_headers_are_refused_before_allocating(tmp_path):
     sounds = tmp_path / "sounds"
     for rel in CLIPS[:2]:
-        copy(rel, sounds)
+        copy_clip(rel, sounds)
     (sounds / "one_hz_20k.wav").write_bytes(crafted_wav(1, 1, 8, 20_000))  # "5.5 hours"
     (sounds / "one_hz_200k.wav").write_bytes(crafted_wav(1, 1, 8, 200_000))  # "55 hours"
     (sounds / "channels.wav").write_bytes(crafted_wav(8_000, 1_000, 8, 200_000))
@@ -151,7 +126,7 @@ def test_crafted_headers_are_refused_before_allocating(tmp_path):
 
 def test_decoding_stops_at_the_per_file_cap_and_says_so(tmp_path, monkeypatch):
     sounds = tmp_path / "sounds"
-    thunder = copy("0ad/audio/ambient/weather/thunder_10.ogg", sounds)
+    thunder = copy_clip("0ad/audio/ambient/weather/thunder_10.ogg", sounds)
     whole = sf.info(str(thunder)).duration
     monkeypatch.setattr(audio, "MAX_DECODE_SECONDS", 1.0)
     wave, info = audio.load_audio(thunder)
@@ -185,9 +160,9 @@ def _dying_decode(task):
 def test_a_worker_that_dies_costs_one_file_not_the_run(tmp_path, monkeypatch):
     sounds = tmp_path / "sounds"
     for rel in CLIPS[:6]:
-        copy(rel, sounds)
-    copy(CLIPS[6], sounds, "killer.ogg")  # kills its decoder, like a file that segfaults libsndfile
-    copy(CLIPS[7], sounds, "flaky.ogg")  # its decoder is kill -9ed once (an OOM kill), then it decodes
+        copy_clip(rel, sounds)
+    copy_clip(CLIPS[6], sounds, "killer.ogg")  # kills its decoder, like a file that segfaults libsndfile
+    copy_clip(CLIPS[7], sounds, "flaky.ogg")  # its decoder is kill -9ed once (an OOM kill), then it decodes
     monkeypatch.setattr(updater, "decode_file", _dying_decode)
     with open_lib(tmp_path) as lib:
         report = finishes(lambda: lib.update([sounds], workers=2, progress=False))
@@ -266,7 +241,7 @@ def test_memory_stays_flat_with_sixteen_one_hour_files(tmp_path):
 
 def test_fifos_are_skipped_with_a_reason_never_opened_blocking(tmp_path, monkeypatch):
     sounds = tmp_path / "sounds"
-    clips = [copy(rel, sounds) for rel in CLIPS[:5]]
+    clips = [copy_clip(rel, sounds) for rel in CLIPS[:5]]
     os.mkfifo(sounds / "pipe.wav")  # there from the start: no writer will ever come
     swapped_at_hash, swapped_at_decode = clips[0], clips[1]
     real_scan, real_hash = updater.scan_roots, updater.hash_file
@@ -304,9 +279,9 @@ def test_fifos_are_skipped_with_a_reason_never_opened_blocking(tmp_path, monkeyp
 def test_a_folder_that_cannot_be_listed_once_keeps_its_records(tmp_path, monkeypatch):
     sounds = tmp_path / "sounds"
     for rel in CLIPS[:2]:
-        copy(rel, sounds)
+        copy_clip(rel, sounds)
     for rel in CLIPS[2:6]:
-        copy(rel, sounds / "share")
+        copy_clip(rel, sounds / "share")
     with open_lib(tmp_path) as lib:
         assert lib.update([sounds], workers=0, progress=False).added == 6
         real_scandir = os.scandir
@@ -329,7 +304,7 @@ def test_a_folder_that_cannot_be_listed_once_keeps_its_records(tmp_path, monkeyp
 
 def test_a_read_error_is_retried_not_blacklisted(tmp_path, monkeypatch):
     sounds = tmp_path / "sounds"
-    clips = [copy(rel, sounds) for rel in CLIPS[:3]]
+    clips = [copy_clip(rel, sounds) for rel in CLIPS[:3]]
     real_open = audio.open_regular
 
     def unreadable(path):
@@ -368,9 +343,9 @@ def test_a_read_error_is_retried_not_blacklisted(tmp_path, monkeypatch):
 def test_empty_and_silent_clips_are_skipped_not_ranked(tmp_path, monkeypatch):
     sounds = tmp_path / "sounds"
     for rel in CLIPS[:2]:
-        copy(rel, sounds)
+        copy_clip(rel, sounds)
     for i, rel in enumerate(SHORT):
-        copy(rel, sounds, f"{i}_{Path(rel).name}")
+        copy_clip(rel, sounds, f"{i}_{Path(rel).name}")
     sf.write(sounds / "silence.wav", np.zeros(SR, np.float32), SR)
     with open_lib(tmp_path) as lib:
         report = lib.update([sounds], workers=2, progress=False)
@@ -386,9 +361,9 @@ def test_empty_and_silent_clips_are_skipped_not_ranked(tmp_path, monkeypatch):
 
 def test_short_clips_indexed_by_an_older_version_are_taken_out(tmp_path, monkeypatch):
     sounds = tmp_path / "sounds"
-    copy(CLIPS[0], sounds)
+    copy_clip(CLIPS[0], sounds)
     for rel in SHORT[:3]:
-        copy(rel, sounds)
+        copy_clip(rel, sounds)
     with open_lib(tmp_path) as lib:
         monkeypatch.setattr(workers, "MIN_CLIP_SECONDS", 0.0)  # as before: short clips got rows and tags
         assert lib.update([sounds], workers=0, progress=False).added == 4
@@ -401,8 +376,8 @@ def test_short_clips_indexed_by_an_older_version_are_taken_out(tmp_path, monkeyp
 
 def test_symlinked_folders_are_followed_once_never_silently(tmp_path):
     sounds, outside = tmp_path / "sounds", tmp_path / "outside"
-    copy(CLIPS[0], sounds / "farm")
-    copy(CLIPS[1], outside)
+    copy_clip(CLIPS[0], sounds / "farm")
+    copy_clip(CLIPS[1], outside)
     (sounds / "linked").symlink_to(outside, target_is_directory=True)  # followed
     (sounds / "loop").symlink_to(sounds, target_is_directory=True)  # back up: skipped
     (sounds / "farm again").symlink_to(sounds / "farm", target_is_directory=True)  # a second way in
