@@ -388,3 +388,19 @@ def test_symlinked_folders_are_followed_once_never_silently(tmp_path):
         why = skipped(report)
         assert set(why) == {"loop", "farm again"}
         assert all(r.startswith("symlinked folder not followed") for r in why.values())
+
+
+def test_a_wave_the_model_refuses_costs_only_itself_not_its_batch():
+    class Picky(SpectrumModel):
+        def embed_audio(self, waves):
+            if any(len(w) < 100 for w in waves):
+                raise ValueError("too short for this model")
+            return super().embed_audio(waves)
+
+    model = Picky()
+    results = workers.embed_each(model, [np.ones(1000, np.float32), np.ones(10, np.float32),
+                                         np.ones(2000, np.float32)])
+    assert results[1] == "model failed: ValueError: too short for this model"
+    assert [len(r[0]) for r in (results[0], results[2])] == [8, 8] and results[0][1] == [("Sound", 1.0)]
+    assert model.embedded == 2  # the batch failed whole, then each wave alone: two embedded
+    assert workers.embed_each(model, []) == []

@@ -25,7 +25,7 @@ import numpy as np
 
 from .records import LibraryError
 from .updater import BATCH_AUDIO_SECONDS
-from .workers import Failure, _guarded, decode_file, hash_file
+from .workers import Failure, _guarded, decode_file, embed_each, hash_file
 
 if TYPE_CHECKING:
     from ..models import EmbeddingModel
@@ -97,21 +97,13 @@ class IndexWorker:
 
     def _embed_batch(self, model: EmbeddingModel, batch: list, out: list[tuple[bool, Any]]) -> None:
         """Embed `batch` into `out`; a batch that fails is retried clip by clip (one bad wave, one file)."""
-        groups = [batch]
-        try:
-            embedded = [model.embed_audio([b[1] for b in batch])] if batch else []
-        except Exception:
-            embedded, groups = [], []
-            for b in batch:
-                try:
-                    embedded.append(model.embed_audio([b[1]]))
-                    groups.append([b])
-                except Exception as e:
-                    out[b[0]] = (False, f"model failed: {type(e).__name__}: {e}")
-        for emb, group in zip(embedded, groups, strict=True):
-            for (i, wave, info, extra), vec, tags in zip(group, emb.vectors, emb.tags, strict=True):
+        results = embed_each(model, [b[1] for b in batch])
+        for (i, wave, info, extra), result in zip(batch, results, strict=True):
+            if isinstance(result, str):
+                out[i] = (False, result)
+            else:
                 seconds = len(wave) / model.sample_rate
-                out[i] = (True, (info, extra, np.asarray(vec, np.float32), tags, seconds))
+                out[i] = (True, (info, extra, np.asarray(result[0], np.float32), result[1], seconds))
         batch.clear()
 
     def _hook(self, method: str, paths: list[str]) -> None:

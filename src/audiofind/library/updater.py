@@ -37,6 +37,7 @@ from .workers import (
     Failure,
     bounded_map,
     decode_file,
+    embed_each,
     estimate_seconds,
     hash_file,
     limit_model_threads,
@@ -273,23 +274,13 @@ class Updater:
                         known: dict[bytes, KnownFile], model: EmbeddingModel, writer: Writer,
                         report: UpdateReport) -> None:
         """Embed one batch and queue its rows; a batch that fails is retried clip by clip."""
-        try:
-            emb = [model.embed_audio([b[2] for b in batch])]
-            items = [batch]
-        except Exception:  # one bad wave must not sink its batch-mates: retry one by one
-            emb, items = [], []
-            for b in batch:
-                try:
-                    emb.append(model.embed_audio([b[2]]))
-                    items.append([b])
-                except Exception as e:
-                    reason = f"model failed: {type(e).__name__}: {e}"
-                    self._skip(b[0], reason, known.get(b[0]), writer, report)
-        for embeddings, group in zip(emb, items, strict=True):
-            for (path_b, stat, wave, info), vec, tags in zip(group, embeddings.vectors, embeddings.tags,
-                                                              strict=True):
-                self._write_row(path_b, stat, info, (vec, tags, model.model_id),
-                                len(wave) / model.sample_rate, known, writer, report)
+        for (path_b, stat, wave, info), result in zip(batch, embed_each(model, [b[2] for b in batch]),
+                                                      strict=True):
+            if isinstance(result, str):
+                self._skip(path_b, result, known.get(path_b), writer, report)
+            else:
+                self._write_row(path_b, stat, info, (*result, model.model_id), len(wave) / model.sample_rate,
+                                known, writer, report)
 
     def _write_row(self, path_b: bytes, stat: tuple, info: tuple, embedded: tuple[np.ndarray, Any, str],
                    seconds: float, known: dict[bytes, KnownFile], writer: Writer,

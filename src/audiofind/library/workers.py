@@ -102,6 +102,25 @@ def bounded_map(fn: Callable[[Any], Any], items: Sequence[Any], pool: Executor |
         yield item, fut.result()
 
 
+def embed_each(model: Any, waves: Sequence[np.ndarray]) -> list[tuple[np.ndarray, Any] | str]:
+    """(vector, tags) for each wave, embedded as one batch; when the batch fails, clip by clip, so one bad
+    wave does not sink its batch-mates and gets the model's error as its reason instead."""
+    if not len(waves):
+        return []
+    try:
+        emb = model.embed_audio(list(waves))
+    except Exception:
+        out: list[tuple[np.ndarray, Any] | str] = []
+        for wave in waves:
+            try:
+                one = model.embed_audio([wave])
+                out.append((one.vectors[0], one.tags[0]))
+            except Exception as e:
+                out.append(f"model failed: {type(e).__name__}: {e}")
+        return out
+    return list(zip(emb.vectors, emb.tags, strict=True))
+
+
 def limit_model_threads(busy_cores: int) -> int:
     """Leave the decoding workers their cores: torch's threads spin-wait when they have to share one,
     which was measured to cut mn04 throughput tenfold on two cores. Returns the previous setting."""
