@@ -110,8 +110,8 @@ class Updater:
                 rec = known.get(path_b)
                 if rec is not None and rec.size == size and rec.mtime_ns == mtime_ns:
                     report.unchanged += 1
-                    if not rec.has_text:  # no record, or one from older word rules: no decoding needed
-                        writer.add("UPDATE files SET text = ?, name_vector = NULL WHERE id = ?",
+                    if not rec.has_text:  # no record, or older word rules: no decoding; the trigger
+                        writer.add("UPDATE files SET text = ? WHERE id = ?",  # clears the name vector
                                    (self.text(path_b), rec.id))
                 elif rec is None and failed.get(path_b, [None])[:2] == [size, mtime_ns]:
                     report.skipped.append((display_path(path_b), failed[path_b][2]))  # known bad, unchanged
