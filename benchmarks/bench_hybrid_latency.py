@@ -13,6 +13,8 @@ time, end to end (text encoders, FAISS, FTS5, fusion); the first pass warms cach
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sqlite3
 import sys
 import time
@@ -27,48 +29,74 @@ from report import finish  # noqa: E402
 from sfxdev import QUERIES_TSV, load_manifest, load_queries  # noqa: E402
 
 from audiofind.library import DB_NAME, Library  # noqa: E402
-from audiofind.library.store import vector_blob  # noqa: E402
+from audiofind.library.codecs import CODECS, tags_from_json, tags_json, vector_blob  # noqa: E402
 
 COPIED_META = ("model_id", "model_name", "dim")
 
 
-def seed_rows(index: Path) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, str]]:
+def seed_rows(index: Path) -> dict:
+    """The real rows a synthetic library is grown from: vectors, text records, tags and paths."""
     with sqlite3.connect(f"file:{index / DB_NAME}?mode=ro", uri=True) as conn:
-        rows = conn.execute("SELECT vector, name_vector, text FROM files WHERE text IS NOT NULL").fetchall()
+        rows = conn.execute("SELECT vector, name_vector, text, tags, path_bytes FROM files "
+                            "WHERE text IS NOT NULL").fetchall()
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    width = 2 if meta.get("schema_version", "3") >= "3" else 4  # float16 blobs from schema 3 on
-    dtype = "<f2" if width == 2 else "<f4"
-    audio = np.stack([np.frombuffer(r[0], dtype) for r in rows]).astype(np.float32)
+    version = meta.get("schema_version", "4")
+    codecs = {"2": ("<f4", "<f4"), "3": ("<f2", "<f2")}.get(version,
+                                                         (CODECS["vector"], CODECS["name_vector"]))
+    audio = decode(np.stack([np.frombuffer(r[0], codecs[0]) for r in rows]))
+    width = np.dtype(codecs[1]).itemsize
     dim = next(len(r[1]) // width for r in rows if r[1])
-    names = np.stack([np.frombuffer(r[1], dtype) if r[1] else np.zeros(dim, dtype)
-                      for r in rows]).astype(np.float32)
-    return audio, names, [r[2] for r in rows], {k: meta[k] for k in COPIED_META}
+    names = decode(np.stack([np.frombuffer(r[1], codecs[1]) if r[1] else np.zeros(dim, codecs[1])
+                             for r in rows]))
+    return {"audio": audio, "names": names, "texts": [compact(json.loads(r[2])) for r in rows],
+            "tags": [tags_json(tags_from_json(r[3])) for r in rows],
+            "paths": [os.fsdecode(r[4]) for r in rows], "meta": {k: meta[k] for k in COPIED_META}}
 
 
-def build(target: Path, n: int, seed: tuple, rng: np.random.Generator) -> None:
-    audio_seed, name_seed, texts, meta = seed
+def compact(record: dict) -> str:
+    """A text record as the library writes it today (an older seed index spaced its JSON)."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode(stored: np.ndarray) -> np.ndarray:
+    """float32 unit vectors (zero rows stay zero) from any stored dtype."""
+    vectors = stored.astype(np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def build(target: Path, n: int, seed: dict, rng: np.random.Generator) -> None:
+    """`n` synthetic rows in the library's format; each copies a random real clip's text record, tags
+    and path (made unique with a number, so paths are as long as real ones)."""
+    texts, tags, paths, meta = seed["texts"], seed["tags"], seed["paths"], seed["meta"]
     Library.open(target, create=True).close()  # the schema
     conn = sqlite3.connect(target / DB_NAME, isolation_level=None)
     conn.execute("PRAGMA synchronous=OFF")
-    conn.execute("BEGIN")
     conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
-    for start in range(0, n, 50_000):
+    for start in range(0, n, 50_000):  # a transaction per chunk keeps the WAL small at 10^7 rows
+        conn.execute("BEGIN")
         m = min(50_000, n - start)
-        audio = synthetic_library(audio_seed, m, rng)
+        audio = synthetic_library(seed["audio"], m, rng)
         picks = rng.integers(0, len(texts), size=m)
+        name_seed = seed["names"]
         names = name_seed[picks] + rng.normal(0, 0.02, size=(m, name_seed.shape[1])).astype(np.float32)
         names /= np.maximum(np.linalg.norm(names, axis=1, keepdims=True), 1e-12)
-        paths = [f"/synthetic/{start + i:08d}.wav" for i in range(m)]
         conn.executemany(
-            "INSERT INTO files (path_bytes, path, size, mtime_ns, content_hash, duration, sample_rate, "
+            "INSERT INTO files (path_bytes, size, mtime_ns, content_hash, duration, sample_rate, "
             "channels, tags, model_id, vector, indexed_at, text, name_vector) "
-            "VALUES (?, ?, 1, 0, ?, 1.0, 44100, 1, '[]', ?, ?, 0, ?, ?)",
-            ((path.encode(), path, f"{start + i:032x}", meta["model_id"], vector_blob(audio[i]), texts[p],
-              vector_blob(names[i]) if name_seed[p].any() else b"")
-             for i, (path, p) in enumerate(zip(paths, picks, strict=True))))
+            "VALUES (?, 1, 0, ?, 1.0, 44100, 1, ?, ?, ?, 0, ?, ?)",
+            ((path.encode(), f"{start + i:032x}", tags[p], meta["model_id"], vector_blob(audio[i]),
+              texts[p], vector_blob(names[i], "name_vector") if name_seed[p].any() else b"")
+             for i, p in enumerate(picks)
+             for path in [unique_path(paths[p], start + i)]))
+        conn.execute("COMMIT")
     conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-    conn.execute("COMMIT")
     conn.close()
+
+
+def unique_path(real: str, number: int) -> str:
+    """A real clip's path with a number before its file name: as long as real paths, never repeated."""
+    folder, name = os.path.split(real)
+    return os.path.join(folder, f"{number:07d}-{name}")
 
 
 def latencies(lib: Library, queries: list[str], mode: str) -> tuple[np.ndarray, np.ndarray]:

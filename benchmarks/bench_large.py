@@ -86,7 +86,7 @@ def main() -> None:
 
     queries, _ = load_queries(QUERIES_TSV, load_manifest(args.sfx))
     qvecs = load_model().encode_text(list(queries)).astype(np.float32)
-    seeds = seed_rows(args.seed_index)[0]
+    seeds = seed_rows(args.seed_index)["audio"]
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         rng = np.random.default_rng(0)

@@ -3,12 +3,15 @@
     python benchmarks/bench_large_library.py --seed-index bench-out/hybrid/named-index --sizes 100000,1000000
 
 Each size is a synthetic library grown from a real index by bench_hybrid_latency.build (audio vectors
-mixed from real ones, real text records, name vectors), written in the library's own format (float16
-blobs, 16 KB pages). Then, each in a fresh process: the library builds its FAISS index (`auto` kind,
-from SQLite in chunks) on the first search, and a second process opens it and answers the 159 real
-sfx-dev queries one at a time through `Library.search_vector` (the query vectors come from the real
-text encoder; the first pass warms caches). Peak RSS is the process's VmHWM; recall@10 is against
-an exact scan of the stored vectors.
+mixed from real ones; real text records, tags and path lengths; name vectors), written in the library's
+own format. Then, each in a fresh process: the library builds its FAISS indexes (`auto` kind, from
+SQLite in chunks) on the first search, audio (vectors.faiss) and names (names.faiss), and a second
+process opens them and answers the 159 real sfx-dev queries one at a time through
+`Library.search_vector` (the query vectors come from the real text encoder; the first pass warms
+caches), then through `Library.search` (hybrid: text encoders, both FAISS indexes, FTS5, fusion).
+Peak RSS is the process's VmHWM, which counts the SQLite pages it read through its memory map (page
+cache the kernel can take back); anonymous RSS is the memory the process itself holds. recall@10 is
+against an exact scan of the stored vectors. Bytes per clip count every file of the index folder.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -32,20 +36,24 @@ from report import finish  # noqa: E402
 from sfxdev import QUERIES_TSV, load_manifest, load_queries  # noqa: E402
 
 from audiofind.library import DB_NAME, Library  # noqa: E402
-from audiofind.library.store import FAISS_NAME  # noqa: E402
+from audiofind.library.store import FAISS_NAME, NAMES_FAISS_NAME  # noqa: E402
 
 
 def child(target: str, queries_npy: str, phase: str) -> None:
-    """One process: 'build' makes the FAISS file; 'serve' opens it and times the queries."""
+    """One process: 'build' makes the FAISS files; 'serve' opens them and times the queries."""
     import faiss
 
     faiss.omp_set_num_threads(1)
     qvecs = np.load(queries_npy)
+    texts = json.loads(Path(queries_npy).with_suffix(".json").read_text())
     t0 = time.perf_counter()
-    with Library.open(target, index_kind=os.environ.get("BENCH_INDEX_KIND", "auto")) as lib:
+    with Library.open(target, index_kind=os.environ.get("BENCH_INDEX_KIND", "auto"),
+                      text_backend="numpy") as lib:
         lib.search_vector(qvecs[0], k=10)
         first = time.perf_counter() - t0
-        out = {"phase": phase, "first_search_s": first, "kind": lib.stats()["index_kind"]}
+        lib.search(texts[0], k=10)  # the names index and the text encoders
+        out = {"phase": phase, "first_search_s": first, "names_s": time.perf_counter() - t0 - first,
+               "kind": lib.stats()["index_kind"]}
         if phase == "serve":
             times, ids = [], []
             for r in range(2):
@@ -59,8 +67,18 @@ def child(target: str, queries_npy: str, phase: str) -> None:
                     times.clear()
             out.update(p50_ms=float(np.percentile(times, 50)), p99_ms=float(np.percentile(times, 99)),
                        ids=ids)
+            hybrid = []
+            for r in range(2):
+                for text in texts:
+                    t1 = time.perf_counter()
+                    lib.search(text, k=10)
+                    hybrid.append(1000 * (time.perf_counter() - t1))
+                if r == 0:
+                    hybrid.clear()
+            out["hybrid_p50_ms"] = float(np.percentile(hybrid, 50))
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
     out["peak_rss_mb"] = int(status["VmHWM"].split()[0]) / 1024  # ru_maxrss would carry the parent's over
+    out["anon_rss_mb"] = int(status["RssAnon"].split()[0]) / 1024
     print(json.dumps(out))
 
 
@@ -89,15 +107,16 @@ def exact_top10(db: Path, qvecs: np.ndarray) -> np.ndarray:
 
 
 def disk_bytes(target: Path) -> dict[str, float]:
-    """Bytes on disk of SQLite (with its WAL) and the FAISS file, and the vectors' share of SQLite."""
+    """Bytes on disk of SQLite (with its WAL), the two FAISS files and the whole folder, per clip."""
     sqlite_bytes = sum(p.stat().st_size for p in target.glob(f"{DB_NAME}*"))
-    with sqlite3.connect(f"file:{target / DB_NAME}?mode=ro", uri=True) as conn:
+    with closing(sqlite3.connect(f"file:{target / DB_NAME}?mode=ro", uri=True)) as conn:
         n, audio, names = conn.execute("SELECT COUNT(*), SUM(length(vector)), "
                                        "SUM(COALESCE(length(name_vector), 0)) FROM files").fetchone()
         page = conn.execute("PRAGMA page_size").fetchone()[0]
-    faiss_bytes = (target / FAISS_NAME).stat().st_size
-    return {"sqlite_b": sqlite_bytes / n, "faiss_b": faiss_bytes / n, "audio_vector_b": audio / n,
-            "name_vector_b": names / n, "page_size": page}
+    folder = sum(p.stat().st_size for p in target.iterdir() if p.is_file())
+    return {"sqlite_b": sqlite_bytes / n, "faiss_b": (target / FAISS_NAME).stat().st_size / n,
+            "names_faiss_b": (target / NAMES_FAISS_NAME).stat().st_size / n, "total_b": folder / n,
+            "audio_vector_b": audio / n, "name_vector_b": names / n, "page_size": page}
 
 
 def main() -> None:
@@ -120,6 +139,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     queries_npy = args.work / "queries.npy"
     np.save(queries_npy, load_model().encode_text(list(queries)).astype(np.float32))
+    queries_npy.with_suffix(".json").write_text(json.dumps(list(queries)))
     qvecs = np.load(queries_npy)
     seed = seed_rows(args.seed_index)
     rows = []
@@ -130,24 +150,29 @@ def main() -> None:
             t0 = time.perf_counter()
             build(target, n, seed, rng)
             print(f"wrote {n:,} rows in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        (target / FAISS_NAME).unlink(missing_ok=True)
+        for name in (FAISS_NAME, NAMES_FAISS_NAME):
+            (target / name).unlink(missing_ok=True)
         built = run_child(target, queries_npy, "build")
         served = run_child(target, queries_npy, "serve")
         row = {"clips": n, "kind": served["kind"], "build_s": built["first_search_s"],
-               "build_rss_mb": built["peak_rss_mb"], "serve_rss_mb": served["peak_rss_mb"],
+               "names_build_s": built["names_s"], "build_rss_mb": built["peak_rss_mb"],
+               "serve_rss_mb": served["peak_rss_mb"], "serve_anon_mb": served["anon_rss_mb"],
                "open_s": served["first_search_s"], "p50_ms": served["p50_ms"], "p99_ms": served["p99_ms"],
+               "hybrid_p50_ms": served["hybrid_p50_ms"],
                "recall10": recall_at_k(exact_top10(target / DB_NAME, qvecs), np.array(served["ids"])),
                **disk_bytes(target)}
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    print("| clips | FAISS | SQLite B/clip (vectors: audio + names) | FAISS B/clip | total B/clip | "
-          "build s | build peak RSS | serving peak RSS | p50 ms | p99 ms | recall@10 |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| clips | FAISS | SQLite B/clip (vectors: audio + names) | vectors.faiss + names.faiss B/clip | "
+          "total B/clip | build s (audio + names) | build peak RSS | serving peak RSS (anonymous) | "
+          "p50 ms | p99 ms | recall@10 | hybrid p50 ms |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['clips']:,} | {r['kind']} | {r['sqlite_b']:,.0f} ({r['audio_vector_b']:.0f} + "
-              f"{r['name_vector_b']:.0f}) | {r['faiss_b']:,.0f} | {r['sqlite_b'] + r['faiss_b']:,.0f} | "
-              f"{r['build_s']:.0f} | {r['build_rss_mb']:,.0f} MB | {r['serve_rss_mb']:,.0f} MB | "
-              f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['recall10']:.3f} |")
+              f"{r['name_vector_b']:.0f}) | {r['faiss_b']:,.0f} + {r['names_faiss_b']:,.0f} | "
+              f"{r['total_b']:,.0f} | {r['build_s']:.0f} + {r['names_build_s']:.0f} | "
+              f"{r['build_rss_mb']:,.0f} MB | {r['serve_rss_mb']:,.0f} MB ({r['serve_anon_mb']:,.0f} MB) | "
+              f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['recall10']:.3f} | {r['hybrid_p50_ms']:.1f} |")
     finish(rows, args.json)
 
 

@@ -1,4 +1,5 @@
-"""Compact vectors: float16 blobs, the schema 2 -> 3 migration (crash-safe), and the "ivfpq" FAISS family.
+"""Compact vectors: float16 audio and int8 name blobs, the migrations to them (crash-safe), and the "ivfpq"
+FAISS family.
 
 Real SQLite files throughout; the vectors are clustered, L2-normalised and non-negative like tag profiles.
 """
@@ -7,12 +8,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from contextlib import closing
 
 import faiss
 import numpy as np
 import pytest
 
 from audiofind.library import Library, searcher, vector_index
+from audiofind.library.codecs import blob_vector, decode_vectors, tags_json, vector_blob
 from audiofind.library.searcher import VectorSearcher
 from audiofind.library.store import (
     DB_NAME,
@@ -20,12 +23,9 @@ from audiofind.library.store import (
     PAGE_SIZE,
     SCHEMA_VERSION,
     UPSERT,
-    blob_vector,
     connect,
     read_meta,
-    tags_json,
     transaction,
-    vector_blob,
 )
 from audiofind.library.vector_index import (
     build_faiss_index,
@@ -48,23 +48,27 @@ def profiles(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
     return mix / np.linalg.norm(mix, axis=1, keepdims=True)
 
 
-def make_index(index_dir, vectors: np.ndarray, names: np.ndarray | None = None, *, float32: bool = False):
-    """An index folder with one row per vector; `float32` writes it as a schema 2 (pre-float16) index."""
+def make_index(index_dir, vectors: np.ndarray, names: np.ndarray | None = None, *,
+               schema: int = SCHEMA_VERSION):
+    """An index folder with one row per vector, as audiofind wrote it at `schema`: 2 float32 blobs in 4 KB
+    pages, 3 float16 blobs, 4 (today) float16 audio and int8 name vectors."""
     index_dir.mkdir(parents=True, exist_ok=True)
     conn = connect(index_dir / DB_NAME)
-    encode = (lambda v: np.asarray(v, "<f4").tobytes()) if float32 else vector_blob
+    audio, name_codec = {2: ("<f4", "<f4"), 3: ("<f2", "<f2")}.get(schema, (None, None))
+    encode_audio = (lambda v: np.asarray(v, audio).tobytes()) if audio else vector_blob
+    encode_name = (lambda v: np.asarray(v, name_codec).tobytes()) if name_codec else \
+        (lambda v: vector_blob(v, "name_vector"))
     with transaction(conn):
         conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                          [("dim", str(vectors.shape[1])), ("model_id", "test-profiles")])
         for i, vec in enumerate(vectors):
             path = f"/clips/{i:05d}.wav"
-            conn.execute(UPSERT, (path.encode(), path, 1, 0, f"{i:032x}", 1.0 + i % 7, 8000, 1,
-                                  tags_json([("Tone", 0.5)]), "test-profiles", encode(vec), 0.0, None))
-            name = b"" if names is None or i % 5 == 0 else encode(names[i])  # some names carry no words
+            conn.execute(UPSERT, (path.encode(), 1, 0, f"{i:032x}", 1.0 + i % 7, 8000, 1,
+                                  tags_json([("Tone", 0.5)]), "test-profiles", encode_audio(vec), 0.0, None))
+            name = b"" if names is None or i % 5 == 0 else encode_name(names[i])  # some names carry no words
             conn.execute("UPDATE files SET name_vector = ? WHERE id = ?", (name, i + 1))
-        if float32:
-            conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-    if float32:  # as an older audiofind made it: 4 KB pages
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(schema),))
+    if schema == 2:  # as an older audiofind made it: 4 KB pages
         conn.execute("PRAGMA journal_mode=DELETE")
         conn.execute("PRAGMA page_size=4096")
         conn.execute("VACUUM")
@@ -73,29 +77,51 @@ def make_index(index_dir, vectors: np.ndarray, names: np.ndarray | None = None, 
 
 
 def blob_lengths(index_dir) -> set[tuple[int, int]]:
-    with sqlite3.connect(index_dir / DB_NAME) as conn:
+    with closing(sqlite3.connect(index_dir / DB_NAME)) as conn:
         return set(conn.execute("SELECT length(vector), length(name_vector) FROM files"))
 
 
-def test_vectors_are_stored_as_float16_in_packed_pages(tmp_path):
-    vectors = profiles(50)
-    make_index(tmp_path / "index", vectors)
-    assert blob_lengths(tmp_path / "index") <= {(DIM * 2, 0), (DIM * 2, DIM * 2)}
+def test_vectors_are_stored_compactly_in_packed_pages(tmp_path):
+    vectors, names = profiles(50), profiles(50, seed=1)
+    make_index(tmp_path / "index", vectors, names)
+    assert blob_lengths(tmp_path / "index") == {(DIM * 2, 0), (DIM * 2, DIM)}  # float16 audio, int8 names
     with sqlite3.connect(tmp_path / "index" / DB_NAME) as conn:
         assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
-        assert read_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "3"
+        assert read_meta(conn, "schema_version") == str(SCHEMA_VERSION) == "4"
     assert np.allclose(blob_vector(vector_blob(vectors[0])), vectors[0], atol=1e-3)
 
 
-def test_float32_index_opens_searches_the_same_and_is_converted(tmp_path):
-    """A schema 2 index (float32 blobs) opens, answers exact search as before (to float16 precision),
-    and ends up float16, schema 3, with its FAISS cache rebuilt."""
-    vectors, names = profiles(300), profiles(300, seed=1)
+def test_int8_name_vectors_keep_their_direction_and_ranking():
+    """A name vector is kept as its direction, one byte a dimension: cosine scores move by ~1e-3 and the
+    order of clearly different names does not change."""
+    rng = np.random.default_rng(5)
+    names = rng.standard_normal((400, 384)).astype(np.float32)
+    names /= np.linalg.norm(names, axis=1, keepdims=True)
+    blobs = [vector_blob(v, "name_vector") for v in names]
+    assert {len(b) for b in blobs} == {384}
+    decoded = decode_vectors(blobs, "name_vector")
+    assert np.allclose(np.linalg.norm(decoded, axis=1), 1, atol=1e-6)
+    assert (np.sum(decoded * names, axis=1) > 0.9999).all()
+    query = names[:20] + 0.7 * rng.standard_normal((20, 384)).astype(np.float32) / np.sqrt(384)
+    query /= np.linalg.norm(query, axis=1, keepdims=True)
+    exact, stored = query @ names.T, query @ decoded.T
+    assert np.abs(exact - stored).max() < 2e-3
+    assert (np.argsort(-exact, axis=1)[:, :5] == np.argsort(-stored, axis=1)[:, :5]).mean() > 0.95
+    assert not decode_vectors([vector_blob(np.zeros(384), "name_vector")], "name_vector").any()  # stays zero
+
+
+@pytest.mark.parametrize("schema", [2, 3])
+def test_an_older_index_opens_searches_the_same_and_is_converted(tmp_path, schema):
+    """A schema 2 (float32) or 3 (float16) index opens, answers exact search as before (to float16
+    precision), and ends up schema 4, repacked smaller, with its FAISS cache rebuilt."""
+    vectors, names = profiles(300), profiles(300, dim=384, seed=1)  # names as wide as MiniLM's
     index_dir = tmp_path / "index"
-    make_index(index_dir, vectors, names, float32=True)
-    assert blob_lengths(index_dir) >= {(DIM * 4, DIM * 4)}
-    with sqlite3.connect(index_dir / DB_NAME) as conn:
-        assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+    make_index(index_dir, vectors, names, schema=schema)
+    width = 4 if schema == 2 else 2
+    assert (DIM * width, 384 * width) in blob_lengths(index_dir)
+    before = (index_dir / DB_NAME).stat().st_size
+    with closing(sqlite3.connect(index_dir / DB_NAME)) as conn:  # closed: a VACUUM needs the only connection
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == (4096 if schema == 2 else PAGE_SIZE)
     queries = profiles(8, seed=2)
     truth = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :10] + 1
     with Library.open(index_dir) as lib:
@@ -105,33 +131,46 @@ def test_float32_index_opens_searches_the_same_and_is_converted(tmp_path):
             assert np.allclose([r.score for r in got], np.sort(vectors @ q)[::-1][:10], atol=2e-3)
         assert np.allclose(lib.clip(7).vector, vectors[6], atol=1e-3)
         generation = lib.stats()["generation"]
-    assert blob_lengths(index_dir) <= {(DIM * 2, DIM * 2), (DIM * 2, 0)}
+    assert blob_lengths(index_dir) == {(DIM * 2, 384), (DIM * 2, 0)}
+    assert (index_dir / DB_NAME).stat().st_size < before  # the freed bytes went back to the disk
     with sqlite3.connect(index_dir / DB_NAME) as conn:
-        assert read_meta(conn, "schema_version") == "3" and read_meta(conn, "float16_done") is None
+        assert read_meta(conn, "schema_version") == "4"
+        assert read_meta(conn, "vectors_done") is None and read_meta(conn, "float16_done") is None
+        assert "path" not in {row[1] for row in conn.execute("PRAGMA table_info(files)")}  # in path_bytes
         assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE  # repacked
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         name_blob = conn.execute("SELECT name_vector FROM files WHERE id = 2").fetchone()[0]
-    assert np.allclose(blob_vector(name_blob), names[1], atol=1e-3)
+    assert blob_vector(name_blob, "name_vector") @ names[1] > 0.9999
     with Library.open(index_dir) as again:  # already converted: nothing more to do
         assert again.stats()["generation"] == generation
 
 
-def test_an_interrupted_conversion_resumes_without_converting_a_row_twice(tmp_path):
-    """The state a crash mid-migration leaves (first rows float16, marker at the last of them, schema 2)."""
-    vectors = profiles(40)
+@pytest.mark.parametrize("marker", ["float16_done", "vectors_done"])
+def test_an_interrupted_conversion_resumes_without_converting_a_row_twice(tmp_path, marker):
+    """The states a crash mid-migration leaves, schema still 2, the first 12 rows converted: by an older
+    audiofind (`float16_done`: both vectors float16) or by this one (`vectors_done`: float16 and int8)."""
+    vectors, names = profiles(40), profiles(40, seed=1)
     index_dir = tmp_path / "index"
-    make_index(index_dir, vectors, vectors, float32=True)
+    make_index(index_dir, vectors, names, schema=2)
     with sqlite3.connect(index_dir / DB_NAME, isolation_level=None) as conn:
         conn.execute("BEGIN")
         for i in range(1, 13):
+            name = names[i - 1].astype("<f2").tobytes() if marker == "float16_done" else \
+                vector_blob(names[i - 1], "name_vector")
+            conn.execute("UPDATE files SET name_vector = ? WHERE id = ? AND length(name_vector) > 0",
+                         (name, i))
             conn.execute("UPDATE files SET vector = ? WHERE id = ?", (vector_blob(vectors[i - 1]), i))
-        conn.execute("INSERT INTO meta VALUES ('float16_done', '12')")
+        conn.execute(f"INSERT INTO meta VALUES ('{marker}', '12')")
         conn.execute("COMMIT")
     connect(index_dir / DB_NAME).close()
     with sqlite3.connect(index_dir / DB_NAME) as conn:
         stored = np.stack([blob_vector(b) for (b,) in conn.execute("SELECT vector FROM files ORDER BY id")])
-        assert read_meta(conn, "schema_version") == "3"
+        named = conn.execute("SELECT id, name_vector FROM files WHERE length(name_vector) > 0 ORDER BY id")
+        ids, blobs = zip(*named.fetchall(), strict=True)
+        assert read_meta(conn, "schema_version") == "4"
     assert np.allclose(stored, vectors, atol=1e-3)
+    cosines = np.sum(decode_vectors(list(blobs), "name_vector") * names[np.array(ids) - 1], axis=1)
+    assert (cosines > 0.9999).all()
 
 
 def test_ivfpq_family_re_scored_from_stored_vectors(tmp_path, monkeypatch):
@@ -177,6 +216,27 @@ def test_exact_search_in_chunks_matches_one_scan(tmp_path, monkeypatch):
     parts = vs._exact_search(q, 10, None)
     conn.close()
     assert (whole[1] == parts[1]).all() and np.allclose(whole[0], parts[0])
+
+
+def test_the_vector_size_is_found_outside_the_read_snapshot(tmp_path):
+    """Finding the size may load a model, which writes the meta table (the names index of a library whose
+    names carry no words asks the sentence encoder): a write inside the rebuild's read snapshot failed as
+    "cannot start a transaction within a transaction"."""
+    make_index(tmp_path / "index", profiles(40))  # no name vectors at all
+    conn = connect(tmp_path / "index" / DB_NAME)
+    lock = threading.RLock()
+
+    def dim_of_a_loaded_model() -> int:
+        with lock, transaction(conn):
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('model_name', 'loaded')")
+        return 16
+
+    names = VectorSearcher(tmp_path / "index", conn, lock, "flat", 16, dim_of_a_loaded_model,
+                           column="name_vector", file_name="names.faiss")
+    names.reload()
+    assert names.search(np.ones((1, 16), np.float32), 5) == [[]]
+    assert read_meta(conn, "model_name") == "loaded"
+    conn.close()
 
 
 def test_pq_layout_and_auto_kinds():

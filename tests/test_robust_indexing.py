@@ -66,7 +66,7 @@ def failures(lib: Library) -> dict[str, str]:
 
 def indexed(lib: Library) -> set[str]:
     with sqlite3.connect(lib.index_dir / DB_NAME) as conn:
-        return {Path(p).name for (p,) in conn.execute("SELECT path FROM files")}
+        return {Path(os.fsdecode(p)).name for (p,) in conn.execute("SELECT path_bytes FROM files")}
 
 
 def finishes(fn, timeout: float = 120.0):
@@ -331,7 +331,7 @@ def test_a_read_error_is_retried_not_blacklisted(tmp_path, monkeypatch):
 
         st = clips[2].stat()  # an older index stored a permission error as a failure: retried, not trusted
         with sqlite3.connect(lib.index_dir / DB_NAME) as conn:
-            conn.execute("DELETE FROM files WHERE path = ?", (str(clips[2]),))
+            conn.execute("DELETE FROM files WHERE path_bytes = ?", (os.fsencode(clips[2]),))
             conn.execute("INSERT INTO failures VALUES (?, ?, ?, ?)",
                          (os.fsencode(clips[2]), st.st_size, st.st_mtime_ns, "Permission denied"))
         assert lib.update([sounds], workers=0, progress=False).added == 1 and failures(lib) == {}

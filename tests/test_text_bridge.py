@@ -147,7 +147,8 @@ def _rows_and_meta(index: Path, forget_audio_id: bool = False) -> tuple[dict, di
     with closing(sqlite3.connect(index / DB_NAME)) as conn, conn:
         if forget_audio_id:  # as in indexes written before `audio_model_id` existed
             conn.execute("DELETE FROM meta WHERE key = 'audio_model_id'")
-        rows = {p: (v, t) for p, v, t in conn.execute("SELECT path, vector, indexed_at FROM files")}
+        rows = {bytes(p): (v, t)
+                for p, v, t in conn.execute("SELECT path_bytes, vector, indexed_at FROM files")}
         return rows, dict(conn.execute("SELECT key, value FROM meta").fetchall())
 
 

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..paths import display_path
 from .store import now_iso, transaction
 
 FAVOURITES = "favourites"
@@ -183,10 +184,10 @@ class Collections:
         rows = []
         for clip_id in ids:
             row = self.conn.execute(
-                "SELECT content_hash, path_bytes, path FROM files WHERE id = ?", (clip_id,)).fetchone()
+                "SELECT content_hash, path_bytes FROM files WHERE id = ?", (clip_id,)).fetchone()
             if row is None:
                 raise KeyError(clip_id)
-            rows.append((row[0], bytes(row[1]), row[2]))
+            rows.append((row[0], bytes(row[1]), display_path(bytes(row[1]))))
         return rows
 
     # ------------------------------------------------------------ formats, for the browser's filters

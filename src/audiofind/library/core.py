@@ -33,6 +33,7 @@ from ..audio import load_audio
 from ..models import audio_model_id_of, sentence_encoder
 from ..paths import display_path
 from .activity import STAGING_NAME, UpdateActivity, clean_leftovers
+from .codecs import blob_vector, tags_from_json
 from .collections import Collections
 from .hybrid import HybridSearch, TextSearcher, TextSide
 from .manage import exclusions, plan_update, prune_missing, remove_paths
@@ -56,12 +57,10 @@ from .store import (
     NAMES_FAISS_NAME,
     RECORD_COLUMNS,
     abspath,
-    blob_vector,
     connect,
     default_index_dir,
     read_meta,
     replace_rows,
-    tags_from_json,
     transaction,
 )
 from .updater import Updater
@@ -92,7 +91,7 @@ class Library:
         self._vectors: VectorSearcher | MilvusVectors = VectorSearcher(
             index_dir, conn, self._lock, index_kind, nprobe, self._dim)
         self._names: VectorSearcher | MilvusVectors = VectorSearcher(
-            index_dir, conn, self._lock, index_kind, nprobe, lambda: self.sentences.dim, column="name_vector",
+            index_dir, conn, self._lock, index_kind, nprobe, self._name_dim, column="name_vector",
             file_name=NAMES_FAISS_NAME)
         self._text: TextSide = TextSearcher(conn, self._lock)
         self._store: MilvusStore | None = None  # None: the embedded SQLite + FAISS search side
@@ -193,7 +192,7 @@ class Library:
         """The size of the stored name vectors (the sentence encoder's, loaded only when none is stored)."""
         row = self._conn.execute("SELECT name_vector FROM files WHERE length(name_vector) > 0 "
                                  "LIMIT 1").fetchone()
-        return len(blob_vector(row[0])) if row else self.sentences.dim
+        return len(blob_vector(row[0], "name_vector")) if row else self.sentences.dim
 
     def close(self) -> None:
         """Release the database; the object is unusable afterwards."""

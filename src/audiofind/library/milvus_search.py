@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from .codecs import tags_from_json
 from .hybrid import COLUMN_WEIGHTS, PREFIX_MIN
 from .metadata import FTS_COLUMNS
 from .milvus_store import MilvusStore
 from .records import SearchResult
-from .store import abspath, tags_from_json
+from .store import abspath
 
 K1, B = 1.2, 0.75  # FTS5's bm25() constants
 _RECORD = ["path_hex", "duration", "tags"]

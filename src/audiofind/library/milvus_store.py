@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .codecs import blob_vector
 from .records import LibraryError
-from .store import abspath, blob_vector, read_meta, transaction
+from .store import abspath, read_meta, transaction
 
 SQLITE = "sqlite"
 TOKEN_ENV = "AUDIOFIND_MILVUS_TOKEN"  # "user:password" or an API key, for a secured Milvus
@@ -277,7 +278,7 @@ class MilvusStore:
                 "tags": _clip_bytes(tags), "model_id": model_id,
                 "vector": blob_vector(vec).tolist(),
                 "has_name": has_name,
-                "name_vector": (blob_vector(name_vec).tolist() if has_name
+                "name_vector": (blob_vector(name_vec, "name_vector").tolist() if has_name
                                 else [0.0] * name_dim),
                 "columns": _clip_bytes(json.dumps(columns)), "fts": _clip_bytes(" ".join(columns.values())),
             })

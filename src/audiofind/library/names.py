@@ -1,10 +1,10 @@
 """Dense name search: each clip's name words (with its UCS category and embedded description) as a sentence
 vector, so "cow mooing" finds cattle_05.ogg and "man screaming in pain" finds male_death_3.wav.
 
-The vectors live in `files.name_vector` (float16; an empty blob for a clip whose name carries no words, NULL
-for one not yet embedded) and are computed after each update for the rows that need them, so an index
-killed mid-way just finishes them next time. Folders are left out here: their words stay in BM25, where
-a long install prefix cannot blur what the file name says.
+The vectors live in `files.name_vector` (int8 directions, store.CODECS; an empty blob for a clip whose
+name carries no words, NULL for one not yet embedded) and are computed after each update for the rows
+that need them, so an index killed mid-way just finishes them next time. Folders are left out here: their
+words stay in BM25, where a long install prefix cannot blur what the file name says.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .store import bump_generation, transaction, vector_blob
+from .codecs import vector_blob
+from .store import bump_generation, transaction
 
 BATCH = 256
 
@@ -41,7 +42,8 @@ def fill_name_vectors(conn: sqlite3.Connection, lock: threading.RLock,
                  for clip_id, text in rows[start:start + BATCH]]
         wordy = [(clip_id, t) for clip_id, t in chunk if t]
         vectors = encode([t for _, t in wordy]) if wordy else np.zeros((0, 0), np.float32)
-        blobs = {clip_id: vector_blob(v) for (clip_id, _), v in zip(wordy, vectors, strict=True)}
+        blobs = {clip_id: vector_blob(v, "name_vector")
+                 for (clip_id, _), v in zip(wordy, vectors, strict=True)}
         with lock, transaction(conn):
             conn.executemany("UPDATE files SET name_vector = ? WHERE id = ? AND name_vector IS NULL",
                              [(blobs.get(clip_id, b""), clip_id) for clip_id, _ in chunk])

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .codecs import blob_vector, decode_vectors, tags_from_json
 from .records import SearchResult
-from .store import FAISS_NAME, abspath, blob_vector, prefix_range, read_meta, tags_from_json, transaction
+from .store import FAISS_NAME, abspath, prefix_range, read_meta, transaction
 from .vector_index import (
     REFINE_FACTOR,
     choose_index_kind,
@@ -86,6 +87,7 @@ class VectorSearcher:
     def _load_index(self, prefer_file: bool) -> None:
         """Use vectors.faiss when it reflects the current generation, else rebuild it from SQLite."""
         path = self.index_dir / self.file_name
+        dim = self._dim()  # before the snapshot: finding it may load a model, which writes the meta table
         with transaction(self.conn, "DEFERRED"):  # generation and vectors from one snapshot
             generation = self._generation()
             n = self._count()
@@ -98,7 +100,7 @@ class VectorSearcher:
                         self._index, self._index_generation = index, generation
                         return
             kind = self._wanted_kind(n)
-            index = self._build(kind, n)
+            index = self._build(kind, n, dim)
         self._index, self._index_generation = index, generation
         if not self.persist:
             return
@@ -108,10 +110,10 @@ class VectorSearcher:
         except OSError as e:  # a read-only index still searches; only the cache is lost
             print(f"audiofind: cannot write {path}: {e}", file=sys.stderr)
 
-    def _build(self, kind: str, n: int) -> faiss.Index:
+    def _build(self, kind: str, n: int, dim: int) -> faiss.Index:
         """Train on a sample of the rows (or reuse the last training), then add them a chunk at a time."""
-        trained = self._reusable_ivf(n, kind) if kind in ("ivf", "ivfpq") else None
-        sample = np.zeros((0, self._dim()), np.float32)
+        trained = self._reusable_ivf(n, kind, dim) if kind in ("ivf", "ivfpq") else None
+        sample = np.zeros((0, dim), np.float32)
         if trained is None and train_sample_size(kind, n):
             all_ids = np.array([r[0] for r in self.conn.execute(
                 f"SELECT id FROM files WHERE {self._present}")], dtype=np.int64)
@@ -122,7 +124,7 @@ class VectorSearcher:
             index.add_with_ids(vectors, ids)
         return index
 
-    def _reusable_ivf(self, n: int, kind: str) -> faiss.Index | None:
+    def _reusable_ivf(self, n: int, kind: str, dim: int) -> faiss.Index | None:
         """The trained IVF index in memory or on disk, if its family and list count still suit `n` clips."""
         import faiss
 
@@ -131,7 +133,7 @@ class VectorSearcher:
             loaded = read_faiss_file(self.index_dir / self.file_name)
             previous = loaded[1] if loaded is not None else None
         ivf = faiss.try_extract_index_ivf(previous) if previous is not None else None
-        if ivf is None or not ivf.is_trained or ivf_kind(ivf) != kind or previous.d != self._dim():
+        if ivf is None or not ivf.is_trained or ivf_kind(ivf) != kind or previous.d != dim:
             return None
         return previous if 0.5 <= ivf.nlist / default_nlist(n) <= 2 else None  # whole: OPQ included
 
@@ -158,20 +160,17 @@ class VectorSearcher:
             if not parts:
                 return np.zeros(0, np.int64), np.zeros((0, self._dim()), np.float32)
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        id_list = [int(i) for i in ids]
-        out_ids: list[int] = []
-        blobs: list[bytes] = []
+        id_list = np.asarray(ids, dtype=np.int64).tolist()
+        rows: list[tuple[int, bytes]] = []
         for start in range(0, len(id_list), 10_000):
             chunk = id_list[start:start + 10_000]
-            for clip_id, blob in self.conn.execute(
-                    f"SELECT id, {self.column} FROM files WHERE id IN ({','.join('?' * len(chunk))}) "
-                    f"AND {self._present}", chunk):
-                out_ids.append(clip_id)
-                blobs.append(blob)
-        if not blobs:
+            rows += [row for row in self.conn.execute(  # no length() in SQL: it costs 0.4 ms at 10^6 clips
+                f"SELECT id, {self.column} FROM files WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                if row[1]]
+        if not rows:
             return np.zeros(0, np.int64), np.zeros((0, self._dim()), np.float32)
-        vectors = np.frombuffer(b"".join(blobs), dtype="<f2").reshape(len(blobs), -1)  # one decode, not n
-        return np.array(out_ids, dtype=np.int64), vectors.astype(np.float32)
+        out_ids, blobs = zip(*rows, strict=True)
+        return np.array(out_ids, dtype=np.int64), decode_vectors(list(blobs), self.column)  # one decode
 
     def search(self, queries: np.ndarray, k: int, *, min_duration: float | None = None,
                max_duration: float | None = None, path_prefix: str | os.PathLike[str] | None = None,
@@ -275,7 +274,7 @@ class VectorSearcher:
         """The stored vector of these bytes, if any indexed file holds them (no model run needed)."""
         row = self.conn.execute(f"SELECT {self.column} FROM files WHERE content_hash = ? AND {self._present} "
                                 "LIMIT 1", (digest,)).fetchone()
-        return blob_vector(row[0]) if row is not None else None
+        return blob_vector(row[0], self.column) if row is not None else None
 
 
 def filter_clause(min_duration: float | None = None, max_duration: float | None = None,

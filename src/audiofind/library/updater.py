@@ -28,10 +28,11 @@ import numpy as np
 
 from ..audio import AUDIO_EXTENSIONS, special_file_kind
 from ..paths import display_path
+from .codecs import tags_json, vector_blob
 from .manage import outermost, root_keys
 from .metadata import TEXT_RECORD_VERSION, build_text_record
 from .records import Progress, UpdateReport
-from .store import UPSERT, KnownFile, Writer, prefix_range, tags_json, vector_blob
+from .store import UPSERT, KnownFile, Writer, prefix_range
 from .workers import (
     MIN_CLIP_SECONDS,
     Failure,
@@ -71,7 +72,7 @@ class Updater:
         under = [r for r in self.roots if os.path.isdir(r) and path.startswith(r.rstrip(os.sep) + os.sep)]
         record = build_text_record(path, max(under, key=len) if under else os.path.dirname(path))
         return json.dumps({"words": record.to_dict(), "fts": record.fts_columns(),
-                           "version": TEXT_RECORD_VERSION}, ensure_ascii=False)
+                           "version": TEXT_RECORD_VERSION}, ensure_ascii=False, separators=(",", ":"))
 
     def run(self, abs_roots: Sequence[str], report: UpdateReport, *, workers: int, progress: bool | Progress,
             batch_size: int, max_duration: float | None, excluded: Sequence[str] = (),
@@ -183,9 +184,8 @@ class Updater:
                         old_path, old = orphans[digest].pop()
                         if rec is not None:
                             writer.add("DELETE FROM files WHERE id = ?", (rec.id,))
-                        writer.add("UPDATE files SET path_bytes = ?, path = ?, size = ?, mtime_ns = ?, "
-                                   "text = ? WHERE id = ?",
-                                   (path_b, display_path(path_b), size, mtime_ns, self.text(path_b), old.id))
+                        writer.add("UPDATE files SET path_bytes = ?, size = ?, mtime_ns = ?, text = ? "
+                                   "WHERE id = ?", (path_b, size, mtime_ns, self.text(path_b), old.id))
                         report.moved += 1
                     elif self._copy_vector(digest, path_b, size, mtime_ns, writer):
                         report.updated += rec is not None
@@ -207,8 +207,7 @@ class Updater:
                 "WHERE content_hash = ? LIMIT 1", (digest,)).fetchone()
         if row is None:
             return False
-        writer.add(UPSERT, (path_b, display_path(path_b), size, mtime_ns, digest, *row, time.time(),
-                            self.text(path_b)))
+        writer.add(UPSERT, (path_b, size, mtime_ns, digest, *row, time.time(), self.text(path_b)))
         return True
 
     def _skip(self, path_b: bytes, reason: str | Failure, rec: KnownFile | None, writer: Writer,
@@ -287,8 +286,8 @@ class Updater:
                    report: UpdateReport) -> None:
         """Queue the row of one embedded file (`embedded`: vector, tags, model id), wherever it ran."""
         (size, mtime_ns, digest), (vec, tags, model_id) = stat, embedded
-        writer.add(UPSERT, (path_b, display_path(path_b), size, mtime_ns, digest, *info, tags_json(tags),
-                             model_id, vector_blob(vec), time.time(), self.text(path_b)))
+        writer.add(UPSERT, (path_b, size, mtime_ns, digest, *info, tags_json(tags), model_id,
+                            vector_blob(vec), time.time(), self.text(path_b)))
         writer.add("DELETE FROM failures WHERE path_bytes = ?", (path_b,))
         report.embedded += 1
         report.audio_seconds += seconds
