@@ -6,6 +6,7 @@ Real SQLite files throughout; the vectors are clustered, L2-normalised and non-n
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from contextlib import closing
@@ -13,6 +14,7 @@ from contextlib import closing
 import faiss
 import numpy as np
 import pytest
+from index_checks import text_and_vectors_in_step as in_step
 
 from audiofind.library import Library, searcher, vector_index
 from audiofind.library.codecs import blob_vector, decode_vectors, tags_json, vector_blob
@@ -63,8 +65,11 @@ def make_index(index_dir, vectors: np.ndarray, names: np.ndarray | None = None, 
                          [("dim", str(vectors.shape[1])), ("model_id", "test-profiles")])
         for i, vec in enumerate(vectors):
             path = f"/clips/{i:05d}.wav"
-            conn.execute(UPSERT, (path.encode(), 1, 0, f"{i:032x}", 1.0 + i % 7, 8000, 1,
-                                  tags_json([("Tone", 0.5)]), "test-profiles", encode_audio(vec), 0.0, None))
+            tags = tags_json([("Tone", 0.5)]) if schema == SCHEMA_VERSION else '[["Tone", 0.5]]'  # was spaced
+            fts = {"name": f"tone {i}", "folders": "", "ucs_category": "", "metadata": ""}
+            text = json.dumps({"words": {"name": f"tone {i}"}, "version": 2, "fts": fts})
+            conn.execute(UPSERT, (path.encode(), 1, 0, f"{i:032x}", 1.0 + i % 7, 8000, 1, tags,
+                                  "test-profiles", encode_audio(vec), 0.0, text))
             name = b"" if names is None or i % 5 == 0 else encode_name(names[i])  # some names carry no words
             conn.execute("UPDATE files SET name_vector = ? WHERE id = ?", (name, i + 1))
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(schema),))
@@ -139,8 +144,18 @@ def test_an_older_index_opens_searches_the_same_and_is_converted(tmp_path, schem
         assert "path" not in {row[1] for row in conn.execute("PRAGMA table_info(files)")}  # in path_bytes
         assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE  # repacked
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        name_blob = conn.execute("SELECT name_vector FROM files WHERE id = 2").fetchone()[0]
+        name_blob, tags = conn.execute("SELECT name_vector, tags FROM files WHERE id = 2").fetchone()
     assert blob_vector(name_blob, "name_vector") @ names[1] > 0.9999
+    assert tags == '[["Tone",0.5]]'  # minified
+    with closing(sqlite3.connect(index_dir / DB_NAME)) as conn:  # the contentless FTS5 table, refilled
+        hits = conn.execute("SELECT rowid FROM clip_text WHERE clip_text MATCH 'tone AND \"17\"'").fetchall()
+        assert hits == [(18,)]
+        texts = [t for (t,) in conn.execute("SELECT text FROM files")]
+        assert all(", " not in t for t in texts) and json.loads(texts[0])["fts"]["name"] == "tone 0"
+        conn.execute("DELETE FROM files WHERE id = 18")  # leaves through FTS5's 'delete' (rolled back)
+        left = conn.execute("SELECT count(*) FROM clip_text WHERE clip_text MATCH 'tone'").fetchone()[0]
+        assert left == 299
+    in_step(index_dir)
     with Library.open(index_dir) as again:  # already converted: nothing more to do
         assert again.stats()["generation"] == generation
 

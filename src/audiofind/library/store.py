@@ -106,10 +106,12 @@ END;
 
 def rebuild_text_index(conn: sqlite3.Connection) -> None:
     """Replace the FTS5 table and its triggers with today's (an older index kept a copy of every text
-    column), filled from files.text; inside the caller's transaction."""
+    column), filled from files.text; inside the caller's transaction. With the triggers gone, the text
+    records are minified too (older ones were spaced JSON) without touching their name vectors."""
     for trigger in _TEXT_TRIGGERS:
         conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
     conn.execute("DROP TABLE IF EXISTS clip_text")
+    conn.execute("UPDATE files SET text = json(text) WHERE text IS NOT NULL")
     for statement in _statements(_TEXT_SCHEMA):
         conn.execute(statement)
     conn.execute(f"INSERT INTO clip_text(rowid, {_FTS_COLUMNS}) SELECT id, {_FTS_VALUES.format(row='files')} "
@@ -308,6 +310,7 @@ def migrate_vectors(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM meta WHERE key IN ('vectors_done', 'float16_done')")
             if "path" in {row[1] for row in conn.execute("PRAGMA table_info(files)")}:
                 conn.execute("ALTER TABLE files DROP COLUMN path")
+            conn.execute("UPDATE files SET tags = json(tags)")  # minified, as codecs.tags_json writes them
             rebuild_text_index(conn)
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             bump_generation(conn)  # the FAISS files were built from the old values: rebuild them
