@@ -35,8 +35,9 @@ from bench_search import recall_at_k  # noqa: E402
 from report import finish  # noqa: E402
 from sfxdev import QUERIES_TSV, load_manifest, load_queries  # noqa: E402
 
-from audiofind.library import DB_NAME, Library  # noqa: E402
-from audiofind.library.store import FAISS_NAME, NAMES_FAISS_NAME  # noqa: E402
+from audiofind.library import DB_NAME, Library, searcher  # noqa: E402
+from audiofind.library.store import FAISS_NAME, NAMES_FAISS_NAME, read_meta  # noqa: E402
+from audiofind.library.vector_index import refine_factor  # noqa: E402
 
 
 def child(target: str, queries_npy: str, phase: str) -> None:
@@ -55,18 +56,25 @@ def child(target: str, queries_npy: str, phase: str) -> None:
         out = {"phase": phase, "first_search_s": first, "names_s": time.perf_counter() - t0 - first,
                "kind": lib.stats()["index_kind"]}
         if phase == "serve":
-            times, ids = [], []
-            for r in range(2):
-                for q in qvecs:
-                    t1 = time.perf_counter()
-                    hits = lib.search_vector(q, k=10)
-                    times.append(1000 * (time.perf_counter() - t1))
-                    if r:
-                        ids.append([h.id for h in hits] + [-1] * (10 - len(hits)))
-                if r == 0:
-                    times.clear()
-            out.update(p50_ms=float(np.percentile(times, 50)), p99_ms=float(np.percentile(times, 99)),
-                       ids=ids)
+            out["runs"] = []
+            n = len(lib)
+            for factor in [None if f == "auto" else int(f)
+                           for f in os.environ.get("BENCH_REFINE", "auto").split(",")]:
+                searcher.refine_factor = refine_factor if factor is None else (lambda _n, f=factor: f)
+                times, ids = [], []
+                for r in range(2):
+                    for q in qvecs:
+                        t1 = time.perf_counter()
+                        hits = lib.search_vector(q, k=10)
+                        times.append(1000 * (time.perf_counter() - t1))
+                        if r:
+                            ids.append([h.id for h in hits] + [-1] * (10 - len(hits)))
+                    if r == 0:
+                        times.clear()
+                out["runs"].append({"refine": factor or refine_factor(n), "shipped": factor is None,
+                                    "p50_ms": float(np.percentile(times, 50)),
+                                    "p99_ms": float(np.percentile(times, 99)), "ids": ids})
+            searcher.refine_factor = refine_factor
             hybrid = []
             for r in range(2 if os.environ.get("BENCH_HYBRID", "1") == "1" else 0):
                 for text in texts:
@@ -106,6 +114,17 @@ def exact_top10(db: Path, qvecs: np.ndarray) -> np.ndarray:
     return best[1]
 
 
+def cached_exact_top10(target: Path, qvecs: np.ndarray, reuse: bool) -> np.ndarray:
+    """exact_top10, kept beside the index for the rows' generation (a scan of 10^7 rows takes minutes)."""
+    with closing(sqlite3.connect(f"file:{target / DB_NAME}?mode=ro", uri=True)) as conn:
+        path = target / f"exact_top10.g{read_meta(conn, 'generation')}.npy"
+    if reuse and path.exists():
+        return np.load(path)
+    truth = exact_top10(target / DB_NAME, qvecs)
+    np.save(path, truth)
+    return truth
+
+
 def disk_bytes(target: Path) -> dict[str, float]:
     """Bytes on disk of SQLite (with its WAL), the two FAISS files and the whole folder, per clip."""
     sqlite_bytes = sum(p.stat().st_size for p in target.glob(f"{DB_NAME}*"))
@@ -113,7 +132,7 @@ def disk_bytes(target: Path) -> dict[str, float]:
         n, audio, names = conn.execute("SELECT COUNT(*), SUM(length(vector)), "
                                        "SUM(COALESCE(length(name_vector), 0)) FROM files").fetchone()
         page = conn.execute("PRAGMA page_size").fetchone()[0]
-    folder = sum(p.stat().st_size for p in target.iterdir() if p.is_file())
+    folder = sum(p.stat().st_size for p in target.iterdir() if p.is_file() and p.suffix != ".npy")
     return {"sqlite_b": sqlite_bytes / n, "faiss_b": (target / FAISS_NAME).stat().st_size / n,
             "names_faiss_b": (target / NAMES_FAISS_NAME).stat().st_size / n, "total_b": folder / n,
             "audio_vector_b": audio / n, "name_vector_b": names / n, "page_size": page}
@@ -130,6 +149,12 @@ def main() -> None:
     ap.add_argument("--no-hybrid", action="store_true",
                     help="skip timing hybrid search (BM25 over the synthetic texts, each repeated "
                          "n/1,498 times, takes seconds a query at 10^7)")
+    ap.add_argument("--refine", default="auto",
+                    help="candidates per result to time, a comma list of factors of k or 'auto' (the "
+                         "library's own, vector_index.refine_factor), e.g. auto,20,30")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep FAISS files that still match the rows (build s is then their load time) and "
+                         "the exact top-10 computed before")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -137,6 +162,7 @@ def main() -> None:
         return
     os.environ["BENCH_INDEX_KIND"] = args.index_kind  # for the child processes
     os.environ["BENCH_HYBRID"] = "0" if args.no_hybrid else "1"
+    os.environ["BENCH_REFINE"] = args.refine
     from audiofind.models import load_model
 
     queries, _ = load_queries(QUERIES_TSV, load_manifest(args.sfx))
@@ -154,29 +180,34 @@ def main() -> None:
             t0 = time.perf_counter()
             build(target, n, seed, rng)
             print(f"wrote {n:,} rows in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        for name in (FAISS_NAME, NAMES_FAISS_NAME):
-            (target / name).unlink(missing_ok=True)
+        if not args.reuse:
+            for name in (FAISS_NAME, NAMES_FAISS_NAME):
+                (target / name).unlink(missing_ok=True)
         built = run_child(target, queries_npy, "build")
         served = run_child(target, queries_npy, "serve")
-        row = {"clips": n, "kind": served["kind"], "build_s": built["first_search_s"],
-               "names_build_s": built["names_s"], "build_rss_mb": built["peak_rss_mb"],
-               "serve_rss_mb": served["peak_rss_mb"], "serve_anon_mb": served["anon_rss_mb"],
-               "open_s": served["first_search_s"], "p50_ms": served["p50_ms"], "p99_ms": served["p99_ms"],
-               "hybrid_p50_ms": served["hybrid_p50_ms"],
-               "recall10": recall_at_k(exact_top10(target / DB_NAME, qvecs), np.array(served["ids"])),
-               **disk_bytes(target)}
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr, flush=True)
+        truth = cached_exact_top10(target, qvecs, args.reuse)
+        for run in served["runs"]:
+            row = {"clips": n, "kind": served["kind"], "build_s": built["first_search_s"],
+                   "names_build_s": built["names_s"], "build_rss_mb": built["peak_rss_mb"],
+                   "serve_rss_mb": served["peak_rss_mb"], "serve_anon_mb": served["anon_rss_mb"],
+                   "open_s": served["first_search_s"], "refine": run["refine"], "shipped": run["shipped"],
+                   "p50_ms": run["p50_ms"], "p99_ms": run["p99_ms"], "hybrid_p50_ms": served["hybrid_p50_ms"],
+                   "recall10": recall_at_k(truth, np.array(run["ids"])), **disk_bytes(target)}
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
     print("| clips | FAISS | SQLite B/clip (vectors: audio + names) | vectors.faiss + names.faiss B/clip | "
           "total B/clip | build s (audio + names) | build peak RSS | serving peak RSS (anonymous) | "
-          "p50 ms | p99 ms | recall@10 | hybrid p50 ms |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "candidates | p50 ms | p99 ms | recall@10 | hybrid p50 ms |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     for r in rows:
+        candidates = f"{r['refine']} × k" + (" (shipped)" if r["shipped"] else "")
+        candidates = candidates if r["kind"] == "ivfpq" else "k"
         print(f"| {r['clips']:,} | {r['kind']} | {r['sqlite_b']:,.0f} ({r['audio_vector_b']:.0f} + "
               f"{r['name_vector_b']:.0f}) | {r['faiss_b']:,.0f} + {r['names_faiss_b']:,.0f} | "
               f"{r['total_b']:,.0f} | {r['build_s']:.0f} + {r['names_build_s']:.0f} | "
               f"{r['build_rss_mb']:,.0f} MB | {r['serve_rss_mb']:,.0f} MB ({r['serve_anon_mb']:,.0f} MB) | "
-              f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['recall10']:.3f} | {r['hybrid_p50_ms']:.1f} |")
+              f"{candidates} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['recall10']:.3f} | "
+              f"{r['hybrid_p50_ms']:.1f} |")
     finish(rows, args.json)
 
 

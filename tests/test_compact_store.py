@@ -35,6 +35,7 @@ from audiofind.library.vector_index import (
     faiss_index_kind,
     pq_subquantizers,
     read_faiss_file,
+    refine_factor,
     search_faiss,
 )
 
@@ -257,6 +258,7 @@ def test_the_vector_size_is_found_outside_the_read_snapshot(tmp_path):
 def test_pq_layout_and_auto_kinds():
     assert pq_subquantizers(527) == 31 and pq_subquantizers(384) == 24 and pq_subquantizers(34) == 2
     assert [choose_index_kind(n) for n in (1000, 100_000, 10**6, 10**7)] == ["flat", "ivf", "ivfpq", "ivfpq"]
+    assert [refine_factor(n) for n in (3000, 10**6, 3 * 10**6, 10**7, 10**8)] == [20, 20, 28, 40, 80]
     vectors = profiles(2000)
     ids = np.arange(2000, dtype=np.int64) + 5
     index = build_faiss_index(vectors, ids, "ivfpq", nprobe=8)

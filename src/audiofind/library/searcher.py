@@ -20,13 +20,13 @@ from .codecs import blob_vector, decode_vectors, tags_from_json
 from .records import SearchResult
 from .store import FAISS_NAME, abspath, prefix_range, read_meta, transaction
 from .vector_index import (
-    REFINE_FACTOR,
     choose_index_kind,
     default_nlist,
     empty_faiss_index,
     faiss_index_kind,
     ivf_kind,
     read_faiss_file,
+    refine_factor,
     search_faiss,
     train_sample_size,
     write_faiss_file,
@@ -187,7 +187,7 @@ class VectorSearcher:
                 return [[] for _ in queries]
             available = index.ntotal if allowed is None else len(allowed)
             want = min(k + len(exclude), available)
-            refine = REFINE_FACTOR if faiss_index_kind(index) == "ivfpq" else 1
+            refine = refine_factor(index.ntotal) if faiss_index_kind(index) == "ivfpq" else 1
             scores, ids = search_faiss(index, queries, min(want * refine, available), allowed_ids=allowed,
                                        nprobe=self.nprobe)
             out = []

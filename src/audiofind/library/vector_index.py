@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 APPROX_THRESHOLD = 50_000  # clips; above this "auto" switches from exact to IVF search
 COMPACT_THRESHOLD = 250_000  # clips; above this "auto" keeps PQ codes, not vectors, in FAISS (BENCHMARKS.md)
 DEFAULT_NPROBE = 16
-REFINE_FACTOR = 20  # "ivfpq" re-scores this many times k candidates exactly (recall@10 0.96 at 10^6)
+REFINE_FACTOR = 20  # "ivfpq" re-scores this many times k candidates exactly up to 10^6 clips (refine_factor)
 TRAIN_PER_LIST = 64  # k-means sample: points per IVF list (FAISS's own cap), so training never needs all rows
 KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 OPQ_MIN_TRAIN = 10_000  # "ivfpq" rotates (OPQ) when it has this many training points, else plain PQ
@@ -29,6 +29,13 @@ def choose_index_kind(n: int, threshold: int = APPROX_THRESHOLD) -> str:
     """Exact search is fast enough below `threshold` clips; above it IVF keeps queries interactive, and
     above COMPACT_THRESHOLD IVF over PQ codes (re-scored from the stored vectors) keeps RAM and disk small."""
     return "flat" if n < threshold else "ivf" if n < max(threshold, COMPACT_THRESHOLD) else "ivfpq"
+
+
+def refine_factor(n: int) -> int:
+    """Candidates re-scored per result by "ivfpq" in a library of `n` clips: REFINE_FACTOR up to 10^6,
+    doubling for every tenfold more, as PQ codes tell close neighbours apart less well in a fuller space
+    (BENCHMARKS.md: recall@10 0.967 at 10^6 with 20 x k; at 10^7 0.911 with 20 x k, 0.962 with 40 x k)."""
+    return round(REFINE_FACTOR * 2 ** max(0.0, math.log10(max(n, 1) / 1e6)))
 
 
 def pq_subquantizers(dim: int) -> int:
@@ -130,7 +137,7 @@ def ivf_factory(kind: str, dim: int, nlist: int, n_train: int) -> str:
     """The FAISS factory string of an IVF family.
 
     "ivfpq" (BENCHMARKS.md, large libraries): an OPQ rotation to a multiple of 64 dims (527 -> 512), then
-    64 one-byte PQ codes per clip, with residuals on the IVF lists; the searcher re-scores REFINE_FACTOR *
+    64 one-byte PQ codes per clip, with residuals on the IVF lists; the searcher re-scores refine_factor(n) *
     k candidates from the stored vectors. Below OPQ_MIN_TRAIN training points (small libraries, tests)
     plain PQ over dim-dividing sub-vectors, with fewer bits when there are too few points for 256
     centroids. 'np': no polysemous training (slow, unused).
