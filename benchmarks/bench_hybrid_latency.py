@@ -93,6 +93,15 @@ def build(target: Path, n: int, seed: dict, rng: np.random.Generator) -> None:
     conn.close()
 
 
+def synthetic_index(target: Path, n: int, seed: dict, rng: np.random.Generator) -> None:
+    """Write the `n`-row synthetic library at `target` unless a run before this one left it there."""
+    if (target / DB_NAME).exists():
+        return
+    t0 = time.perf_counter()
+    build(target, n, seed, rng)
+    print(f"wrote {n:,} rows in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+
 def unique_path(real: str, number: int) -> str:
     """A real clip's path with a number before its file name: as long as real paths, never repeated."""
     folder, name = os.path.split(real)
@@ -131,10 +140,7 @@ def main() -> None:
     rows, out = [], []
     for n in (int(s) for s in args.sizes.split(",")):
         target = args.work / f"n{n}"
-        if not (target / DB_NAME).exists():
-            t0 = time.perf_counter()
-            build(target, n, seed, rng)
-            print(f"built {n:,} rows in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        synthetic_index(target, n, seed, rng)
         with Library.open(target) as lib:
             t0 = time.perf_counter()
             lib.search("warm up", k=10, mode="hybrid")  # loads models, builds and caches both FAISS files

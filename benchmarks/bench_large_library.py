@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_hybrid_latency import build, seed_rows  # noqa: E402
+from bench_hybrid_latency import latencies, seed_rows, synthetic_index  # noqa: E402
 from bench_search import recall_at_k  # noqa: E402
 from report import finish  # noqa: E402
 from sfxdev import QUERIES_TSV, load_manifest, load_queries  # noqa: E402
@@ -75,15 +75,8 @@ def child(target: str, queries_npy: str, phase: str) -> None:
                                     "p50_ms": float(np.percentile(times, 50)),
                                     "p99_ms": float(np.percentile(times, 99)), "ids": ids})
             searcher.refine_factor = refine_factor
-            hybrid = []
-            for r in range(2 if os.environ.get("BENCH_HYBRID", "1") == "1" else 0):
-                for text in texts:
-                    t1 = time.perf_counter()
-                    lib.search(text, k=10)
-                    hybrid.append(1000 * (time.perf_counter() - t1))
-                if r == 0:
-                    hybrid.clear()
-            out["hybrid_p50_ms"] = float(np.percentile(hybrid, 50)) if hybrid else float("nan")
+            hybrid = latencies(lib, texts, "hybrid")[0] if os.environ.get("BENCH_HYBRID", "1") == "1" else []
+            out["hybrid_p50_ms"] = float(np.percentile(hybrid, 50)) if len(hybrid) else float("nan")
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
     out["peak_rss_mb"] = int(status["VmHWM"].split()[0]) / 1024  # ru_maxrss would carry the parent's over
     out["anon_rss_mb"] = int(status["RssAnon"].split()[0]) / 1024
@@ -175,24 +168,21 @@ def main() -> None:
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         target = args.work / f"n{n}"
-        rng = np.random.default_rng(0)
-        if not (target / DB_NAME).exists():
-            t0 = time.perf_counter()
-            build(target, n, seed, rng)
-            print(f"wrote {n:,} rows in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        synthetic_index(target, n, seed, np.random.default_rng(0))
         if not args.reuse:
             for name in (FAISS_NAME, NAMES_FAISS_NAME):
                 (target / name).unlink(missing_ok=True)
         built = run_child(target, queries_npy, "build")
         served = run_child(target, queries_npy, "serve")
         truth = cached_exact_top10(target, qvecs, args.reuse)
+        disk = disk_bytes(target)
         for run in served["runs"]:
             row = {"clips": n, "kind": served["kind"], "build_s": built["first_search_s"],
                    "names_build_s": built["names_s"], "build_rss_mb": built["peak_rss_mb"],
                    "serve_rss_mb": served["peak_rss_mb"], "serve_anon_mb": served["anon_rss_mb"],
                    "open_s": served["first_search_s"], "refine": run["refine"], "shipped": run["shipped"],
                    "p50_ms": run["p50_ms"], "p99_ms": run["p99_ms"], "hybrid_p50_ms": served["hybrid_p50_ms"],
-                   "recall10": recall_at_k(truth, np.array(run["ids"])), **disk_bytes(target)}
+                   "recall10": recall_at_k(truth, np.array(run["ids"])), **disk}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     print("| clips | FAISS | SQLite B/clip (vectors: audio + names) | vectors.faiss + names.faiss B/clip | "

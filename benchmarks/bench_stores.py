@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_hybrid_latency import build, latencies, seed_rows  # noqa: E402
+from bench_hybrid_latency import latencies, seed_rows, synthetic_index  # noqa: E402
 from report import finish  # noqa: E402
 from sfxdev import QUERIES_TSV, load_manifest, load_queries  # noqa: E402
 
@@ -86,8 +86,7 @@ def main() -> None:
     out, lines = [], []
     for n in (int(s) for s in args.sizes.split(",")):
         target = args.work / f"n{n}"
-        if not (target / DB_NAME).exists():
-            build(target, n, seed, rng)
+        synthetic_index(target, n, seed, rng)
         for store in ("sqlite", f"milvus-lite:{target / 'milvus' / 'clips.db'}"):
             for row in measure(target, store, queries):
                 out.append(row)
